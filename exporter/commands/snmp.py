@@ -1,0 +1,9 @@
+"""CLI for the snmp probe (filled in with the probe)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Adds nothing until probes/snmp.py exists."""

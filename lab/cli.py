@@ -1,0 +1,9 @@
+"""`desanet lab …` (filled in with the lab)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
