@@ -18,8 +18,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-probe_app = typer.Typer(help="Measure one target once and print the result (a village slug or an address).",
-                        no_args_is_help=True)
+probe_app = typer.Typer(
+    help="Measure one target once and print the result (a village slug or an address).", no_args_is_help=True
+)
 app.add_typer(probe_app, name="probe")
 
 inventory.register(app)

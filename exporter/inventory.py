@@ -13,8 +13,8 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -195,14 +195,27 @@ class Profile(_Model):
 
 
 DEFAULT_PROFILES: tuple[Profile, ...] = (
-    Profile(name="meet-hd", description="Google Meet HD, up to 5 participants (3.2 up, 3.2 down)",
-            min_down_mbit=3.2, min_up_mbit=3.2),
-    Profile(name="teams-meeting", description="Microsoft Teams 2-party meeting video (4 / 4)",
-            min_down_mbit=4.0, min_up_mbit=4.0),
-    Profile(name="zoom-gallery", description="Zoom group call, gallery view or 720p (1.5 / 1.5)",
-            min_down_mbit=1.5, min_up_mbit=1.5),
-    Profile(name="zoom-1080p", description="Zoom group call at 1080p (2.5 down, 3.0 up)",
-            min_down_mbit=2.5, min_up_mbit=3.0),
+    Profile(
+        name="meet-hd",
+        description="Google Meet HD, up to 5 participants (3.2 up, 3.2 down)",
+        min_down_mbit=3.2,
+        min_up_mbit=3.2,
+    ),
+    Profile(
+        name="teams-meeting",
+        description="Microsoft Teams 2-party meeting video (4 / 4)",
+        min_down_mbit=4.0,
+        min_up_mbit=4.0,
+    ),
+    Profile(
+        name="zoom-gallery",
+        description="Zoom group call, gallery view or 720p (1.5 / 1.5)",
+        min_down_mbit=1.5,
+        min_up_mbit=1.5,
+    ),
+    Profile(
+        name="zoom-1080p", description="Zoom group call at 1080p (2.5 down, 3.0 up)", min_down_mbit=2.5, min_up_mbit=3.0
+    ),
 )
 
 
@@ -329,10 +342,7 @@ class Inventory(_Model):
         return self.profile(village.profile or self.defaults.profile)
 
     def sessions_for(self, village: Village) -> list[Session]:
-        return [
-            s for s in self.sessions
-            if s.all or village.slug in s.villages or village.kecamatan in s.kecamatan
-        ]
+        return [s for s in self.sessions if s.all or village.slug in s.villages or village.kecamatan in s.kecamatan]
 
     def next_session(self, village: Village, now: datetime) -> tuple[Session, datetime] | None:
         best: tuple[Session, datetime] | None = None
@@ -409,13 +419,24 @@ def _messages(err: ValidationError) -> Iterator[tuple[tuple[Any, ...], str]]:
         elif e["type"] == "missing":
             msg = f"missing key {loc[-1]!r}"
         elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         yield loc, msg
 
 
 # Union member names pydantic puts into error locations; they mean nothing to an operator.
-_UNION_TAGS = {"EnvSecret", "FileSecret", "2c", "3", "SnmpV2c", "SnmpV3", "StampEndpoint", "Iperf3Endpoint",
-               "IPv4Address", "IPv6Address", "function-after[_tz_exists(), str]"}
+_UNION_TAGS = {
+    "EnvSecret",
+    "FileSecret",
+    "2c",
+    "3",
+    "SnmpV2c",
+    "SnmpV3",
+    "StampEndpoint",
+    "Iperf3Endpoint",
+    "IPv4Address",
+    "IPv6Address",
+    "function-after[_tz_exists(), str]",
+}
 
 _ITEM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "kecamatan": TypeAdapter(Kecamatan),
@@ -425,8 +446,9 @@ _ITEM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
 }
 
 
-def parse_inventory(text: str, filename: str = "<inventory>", *, now: datetime | None = None,
-                    strict_time: bool = True) -> Inventory:
+def parse_inventory(
+    text: str, filename: str = "<inventory>", *, now: datetime | None = None, strict_time: bool = True
+) -> Inventory:
     """Validate an inventory, raising InventoryError with every problem found.
 
     `strict_time` reports one-off sessions that have already ended (what `inventory check` wants);
@@ -520,20 +542,24 @@ def parse_inventory(text: str, filename: str = "<inventory>", *, now: datetime |
         if s.profile is not None and s.profile not in profile_names:
             add(("sessions", i, "profile"), f"unknown profile {s.profile!r}" + _suggest(s.profile, profile_names))
         if strict_time and s.repeat == "none" and s.first_start() + s.duration <= now:
-            add(("sessions", i, "start"), f"session ended in the past ({s.first_start():%Y-%m-%d %H:%M %Z}); "
-                "remove it or give it a repeat")
+            add(
+                ("sessions", i, "start"),
+                f"session ended in the past ({s.first_start():%Y-%m-%d %H:%M %Z}); remove it or give it a repeat",
+            )
     _check_overlaps(sessions, villages, add, now)
 
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise InventoryError(problems)
     assert top is not None
-    return top.model_copy(update={
-        "kecamatan": kecs,
-        "villages": [v for _, v in villages],
-        "profiles": [p for _, p in profiles or []],
-        "sessions": [s for _, s in sessions],
-    })
+    return top.model_copy(
+        update={
+            "kecamatan": kecs,
+            "villages": [v for _, v in villages],
+            "profiles": [p for _, p in profiles or []],
+            "sessions": [s for _, s in sessions],
+        }
+    )
 
 
 def _check_unique(items: list[tuple[int, Any]], key: Any, section: str, what: str, add: Any) -> None:
@@ -546,19 +572,23 @@ def _check_unique(items: list[tuple[int, Any]], key: Any, section: str, what: st
             seen[k] = i
 
 
-def _check_overlaps(sessions: list[tuple[int, Session]], villages: list[tuple[int, Village]], add: Any,
-                    now: datetime) -> None:
+def _check_overlaps(
+    sessions: list[tuple[int, Session]], villages: list[tuple[int, Village]], add: Any, now: datetime
+) -> None:
     """Two sessions in one village office at once cannot both happen: the office has one link."""
     horizon = now + timedelta(days=14)
     for a_pos, (ia, a) in enumerate(sessions):
-        for ib, b in sessions[a_pos + 1:]:
+        for ib, b in sessions[a_pos + 1 :]:
             shared = [v.slug for _, v in villages if _covers(a, v) and _covers(b, v)]
             if not shared:
                 continue
             clash = _first_overlap(a, b, now, horizon)
             if clash is not None:
-                add(("sessions", ib), f"overlaps session {a.title!r} (sessions[{ia}]) at {clash:%Y-%m-%d %H:%M} "
-                    f"in {', '.join(shared[:3])}{' …' if len(shared) > 3 else ''}")
+                add(
+                    ("sessions", ib),
+                    f"overlaps session {a.title!r} (sessions[{ia}]) at {clash:%Y-%m-%d %H:%M} "
+                    f"in {', '.join(shared[:3])}{' …' if len(shared) > 3 else ''}",
+                )
 
 
 def _covers(s: Session, v: Village) -> bool:
@@ -593,8 +623,9 @@ def _suggest(word: str, known: set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def load_inventory(path: str | os.PathLike[str], *, now: datetime | None = None,
-                   strict_time: bool = False) -> Inventory:
+def load_inventory(
+    path: str | os.PathLike[str], *, now: datetime | None = None, strict_time: bool = False
+) -> Inventory:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ Units are whatever the caller passes (desanet passes seconds everywhere). Defini
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -86,7 +87,7 @@ def ipdv_mean_abs(delays: Sequence[float]) -> float | None:
     """Mean absolute difference of consecutive delays (RFC 5481 IPDV); None with fewer than two."""
     if len(delays) < 2:
         return None
-    return math.fsum(abs(b - a) for a, b in zip(delays, delays[1:], strict=False)) / (len(delays) - 1)
+    return math.fsum(abs(b - a) for a, b in itertools.pairwise(delays)) / (len(delays) - 1)
 
 
 def pdv(delays: Sequence[float]) -> float | None:

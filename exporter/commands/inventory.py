@@ -32,8 +32,10 @@ def register(app: typer.Typer) -> None:
                     typer.echo(str(p))
                 continue
             if not quiet:
-                typer.echo(f"{f}: ok ({len(i.kecamatan)} kecamatan, {len(i.villages)} villages, "
-                           f"{len(i.profiles)} profiles, {len(i.sessions)} sessions)")
+                typer.echo(
+                    f"{f}: ok ({len(i.kecamatan)} kecamatan, {len(i.villages)} villages, "
+                    f"{len(i.profiles)} profiles, {len(i.sessions)} sessions)"
+                )
         raise typer.Exit(1 if bad else 0)
 
     @inv.command("schema")
@@ -44,10 +46,10 @@ def register(app: typer.Typer) -> None:
 
     @inv.command("synth")
     def synth(
-        villages: Annotated[int, typer.Option("--villages", "-n", min=1, max=60000,
-                                              help="How many villages.")] = 217,
-        kecamatan: Annotated[int, typer.Option("--kecamatan", min=1, max=250,
-                                               help="Spread over this many kecamatan.")] = 25,
+        villages: Annotated[int, typer.Option("--villages", "-n", min=1, max=60000, help="How many villages.")] = 217,
+        kecamatan: Annotated[
+            int, typer.Option("--kecamatan", min=1, max=250, help="Spread over this many kecamatan.")
+        ] = 25,
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     ) -> None:
         """Write a valid synthetic inventory of N villages at lab addresses, for scale tests."""
