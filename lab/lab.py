@@ -1,0 +1,628 @@
+"""Bring the simulated district up and down, impair it, and tell the truth about what it imposed.
+
+Everything the lab makes is recorded in a state directory (/run/desanet-lab/<prefix>/state.json): the plan,
+the impairments, and the PID (with its start time, so a recycled PID is never killed) of every process it
+started. `down` removes exactly that, whether or not `up` finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from exporter.inventory import Inventory, SecretError, SnmpV2c, SnmpV3, load_inventory, resolve_secret
+from lab import netns
+from lab.topology import CORE_NOC_ADDR, NOC_ADDR, KecPlan, LabPlan, VillagePlan, lab_prefix, plan
+
+NEEDED = {
+    "ip": "iproute2",
+    "tc": "iproute2",
+    "nft": "nftables",
+    "iptables-restore": "iptables",
+    "snmpd": "snmpd",
+    "iperf3": "iperf3",
+}
+DIRECTION_KEYS = ("delay_ms", "jitter_ms", "loss_pct", "rate_mbit")
+
+
+class LabError(Exception):
+    """A lab operation that cannot go ahead; the message says why in words."""
+
+
+def state_dir(prefix: str | None = None) -> Path:
+    return Path(os.environ.get("DESANET_LAB_RUN_DIR", "/run/desanet-lab")) / (prefix or lab_prefix())
+
+
+def _run(argv: list[str], input_: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, input=input_, text=True, capture_output=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv[:6])}{' …' if len(argv) > 6 else ''} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def _ns_batch(ns: str | None, lines: Iterable[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    argv = ["ip", "-batch", "-"] if ns is None else ["ip", "-n", ns, "-batch", "-"]
+    _run(argv, text)
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, qdiscs and firewall rules): run it with sudo")
+    missing = sorted({pkg for cmd, pkg in NEEDED.items() if shutil.which(cmd) is None})
+    if missing:
+        raise LabError(f"missing Debian packages: {' '.join(missing)} (apt-get install {' '.join(missing)})")
+
+
+# ---------------------------------------------------------------------------------------------- state
+def load_state(prefix: str | None = None) -> dict[str, Any] | None:
+    path = state_dir(prefix) / "state.json"
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return state
+
+
+def save_state(state: dict[str, Any]) -> None:
+    d = state_dir(state["prefix"])
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(d / "state.json")
+
+
+def plan_from_state(state: dict[str, Any]) -> LabPlan:
+    kecs = {k["index"]: KecPlan(**k) for k in state["plan"]["kecamatan"]}
+    villages = tuple(VillagePlan(**{**v, "kecamatan": kecs[v["kecamatan"]]}) for v in state["plan"]["villages"])
+    p = state["plan"]
+    return LabPlan(
+        prefix=p["prefix"], noc_ns=p["noc_ns"], core_ns=p["core_ns"], kecamatan=tuple(kecs.values()), villages=villages
+    )
+
+
+def _plan_to_json(lp: LabPlan) -> dict[str, Any]:
+    return {
+        "prefix": lp.prefix,
+        "noc_ns": lp.noc_ns,
+        "core_ns": lp.core_ns,
+        "kecamatan": [asdict(k) for k in lp.kecamatan],
+        "villages": [{**asdict(v), "kecamatan": v.kecamatan.index} for v in lp.villages],
+    }
+
+
+def _queues(lp: LabPlan) -> list[dict[str, Any]]:
+    out = []
+    for v in lp.villages:
+        out.append({"ns": v.kecamatan.ns, "queue": v.down_queue, "key": f"v:{v.slug}:down"})
+        out.append({"ns": v.kecamatan.ns, "queue": v.up_queue, "key": f"v:{v.slug}:up"})
+    for k in lp.kecamatan:
+        out.append({"ns": lp.core_ns, "queue": k.down_queue, "key": f"k:{k.name}:down"})
+        out.append({"ns": lp.core_ns, "queue": k.up_queue, "key": f"k:{k.name}:up"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _spawn(
+    state: dict[str, Any], name: str, ns: str | None, argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> int:
+    full = argv if ns is None else ["ip", "netns", "exec", ns, *argv]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    state["pids"][name] = {"pid": proc.pid, "start": _proc_start_time(proc.pid)}
+    return proc.pid
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    st = _proc_start_time(entry["pid"])
+    return st is not None and st == entry["start"]
+
+
+def _stop_processes(state: dict[str, Any]) -> None:
+    entries = [e for e in state.get("pids", {}).values() if _alive(e)]
+    for e in entries:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(e["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(e) for e in entries):
+        time.sleep(0.05)
+        for e in entries:  # reap our own children, if these are
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(e["pid"], os.WNOHANG)
+    for e in entries:
+        if _alive(e):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e["pid"], signal.SIGKILL)
+    state["pids"] = {}
+
+
+# ---------------------------------------------------------------------------------------------- up / down
+def inventory_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def up(inventory_path: Path, *, services: bool = True, progress: Any = None) -> dict[str, Any]:
+    """Build the lab for an inventory. Idempotent: the same inventory already up is left as it is."""
+    preflight()
+    say = progress or (lambda msg: None)
+    inv = load_inventory(inventory_path)
+    lp = plan(inv)
+    existing = load_state(lp.prefix)
+    digest = inventory_hash(inventory_path)
+    if existing is not None:
+        if existing.get("inventory_hash") == digest and existing.get("complete") and _healthy(existing):
+            say("lab already up with this inventory")
+            return existing
+        say("replacing the lab that is up")
+        down(lp.prefix)
+    secrets = _agent_secrets(inv)  # fail before building anything when a secret is missing
+
+    t0 = time.monotonic()
+    d = state_dir(lp.prefix)
+    (d / "villages").mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "prefix": lp.prefix,
+        "inventory": str(Path(inventory_path).resolve()),
+        "inventory_hash": digest,
+        "plan": _plan_to_json(lp),
+        "queues": _queues(lp),
+        "impairments": {},
+        "emulate": {},
+        "optical": {},
+        "pids": {},
+        "complete": False,
+        "created": time.time(),
+    }
+    save_state(state)  # from here on, `down` can clean up whatever exists
+
+    say(f"creating {len(lp.namespaces())} network namespaces")
+    _ns_batch(None, (f"netns add {ns}" for ns in lp.namespaces()))
+    links = [f"link add name core netns {lp.noc_ns} type veth peer name noc netns {lp.core_ns}"]
+    links += [
+        f"link add name {k.core_if} netns {lp.core_ns} type veth peer name {k.up_if} netns {k.ns}" for k in lp.kecamatan
+    ]
+    links += [
+        f"link add name {v.kec_if} netns {v.kecamatan.ns} type veth peer name up0 netns {v.ns}" for v in lp.villages
+    ]
+    say(f"linking them with {len(links)} veth pairs")
+    _ns_batch(None, links)
+
+    say("addressing and routing")
+    base_sysctls = {
+        "ipv4/conf/all/rp_filter": "0",
+        "ipv4/conf/default/rp_filter": "0",
+        "ipv6/conf/all/disable_ipv6": "1",
+        "ipv6/conf/default/disable_ipv6": "1",
+    }
+    fwd = {**base_sysctls, "ipv4/ip_forward": "1"}
+    for ns in lp.namespaces():
+        netns.write_sysctls(ns, fwd if ns == lp.core_ns or ns.startswith(f"{lp.prefix}-k") else base_sysctls)
+    _ns_batch(
+        lp.noc_ns,
+        [
+            "link set lo up",
+            "link set core up",
+            f"addr add {NOC_ADDR}/30 dev core",
+            *(f"route add {v.router}/32 via {CORE_NOC_ADDR}" for v in lp.villages),
+            *(f"route add {k.kec_addr}/32 via {CORE_NOC_ADDR}" for k in lp.kecamatan),
+        ],
+    )
+    core = ["link set lo up", "link set noc up", f"addr add {CORE_NOC_ADDR}/30 dev noc"]
+    for k in lp.kecamatan:
+        core += [f"link set {k.core_if} up", f"addr add {k.core_addr}/30 dev {k.core_if}"]
+    core += [f"route add {v.router}/32 via {v.kecamatan.kec_addr}" for v in lp.villages]
+    _ns_batch(lp.core_ns, core)
+    by_kec: dict[int, list[VillagePlan]] = {}
+    for v in lp.villages:
+        by_kec.setdefault(v.kecamatan.index, []).append(v)
+    for k in lp.kecamatan:
+        lines = [
+            "link set lo up",
+            f"link set {k.up_if} up",
+            f"addr add {k.kec_addr}/30 dev {k.up_if}",
+            f"route add default via {k.core_addr}",
+        ]
+        for v in by_kec.get(k.index, []):
+            lines += [
+                f"link set {v.kec_if} up",
+                f"addr add {k.kec_addr}/32 dev {v.kec_if}",
+                f"route add {v.router}/32 dev {v.kec_if}",
+            ]
+        _ns_batch(k.ns, lines)
+    for v in lp.villages:
+        _ns_batch(
+            v.ns,
+            [
+                "link set lo up",
+                "link set up0 up",
+                f"addr add {v.router}/32 dev up0",
+                f"route add {v.kecamatan.kec_addr}/32 dev up0",
+                f"route add default via {v.kecamatan.kec_addr} dev up0",
+            ],
+        )
+
+    say("installing the impairment hooks")
+    for ns in [lp.core_ns, *(k.ns for k in lp.kecamatan)]:
+        _run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            "table inet desanet {\n chain impair { type filter hook forward priority -10; policy accept; }\n}\n",
+        )
+        _run(
+            ["ip", "netns", "exec", ns, "iptables-restore", "--noflush"],
+            "*filter\n:DESANET - [0:0]\n-A FORWARD -j DESANET\nCOMMIT\n",
+        )
+
+    say("starting the delay emulator")
+    _spawn(state, "emulator", None, [sys.executable, "-m", "lab.emulator", "--state-dir", str(d)], d / "emulator.log")
+    save_state(state)
+    _wait_for(lambda: (d / "emulator.ready").exists() or not _alive(state["pids"]["emulator"]), 30)
+    if not (d / "emulator.ready").exists():
+        raise LabError(f"the delay emulator did not start; see {d / 'emulator.log'}")
+
+    if services:
+        say(f"starting snmpd and iperf3 in {len(lp.villages)} villages")
+        _start_services(state, lp, inv, secrets)
+    state["complete"] = True
+    state["up_seconds"] = round(time.monotonic() - t0, 2)
+    save_state(state)
+    say(f"lab up in {state['up_seconds']} s: {len(lp.villages)} villages in {len(lp.kecamatan)} kecamatan")
+    return state
+
+
+def _wait_for(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.05)
+
+
+def _agent_secrets(inv: Inventory) -> dict[str, dict[str, Any]]:
+    """What each village's snmpd must accept: the very secrets the probes will use."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in inv.villages:
+        cfg = inv.snmp_for(v)
+        try:
+            if isinstance(cfg, SnmpV2c):
+                out[v.slug] = {"community": resolve_secret(cfg.community)}
+            elif isinstance(cfg, SnmpV3):
+                out[v.slug] = {
+                    "v3": {
+                        "user": cfg.user,
+                        "auth_protocol": cfg.auth_protocol,
+                        "auth_key": resolve_secret(cfg.auth_key),
+                        "priv_protocol": cfg.priv_protocol,
+                        "priv_key": resolve_secret(cfg.priv_key),
+                    }
+                }
+            else:
+                out[v.slug] = {}
+        except SecretError as exc:
+            raise LabError(
+                f"village {v.slug}: its SNMP secret cannot be read ({exc}); the lab's agent must "
+                "accept the same secret the probes use"
+            ) from None
+    return out
+
+
+def _start_services(state: dict[str, Any], lp: LabPlan, inv: Inventory, secrets: dict[str, dict[str, Any]]) -> None:
+    from lab import snmp_agent
+
+    d = state_dir(lp.prefix)
+    for v in lp.villages:
+        village = inv.village(v.slug)
+        work = d / "villages" / v.slug
+        work.mkdir(parents=True, exist_ok=True)
+        s = secrets.get(v.slug, {})
+        v3 = None
+        if "v3" in s:
+            v3 = snmp_agent.SnmpV3User(**s["v3"])
+        argv = snmp_agent.write_agent_files(work, v.router, s.get("community"), v3, snmp_agent.OpticalValues())
+        _spawn(state, f"snmpd:{v.slug}", v.ns, argv, work / "snmpd.out")
+        ip = village.iperf3_address()
+        if ip is not None:
+            _spawn(
+                state, f"iperf3:{v.slug}", v.ns, ["iperf3", "-s", "-B", ip[0], "-p", str(ip[1])], work / "iperf3.log"
+            )
+    save_state(state)
+
+
+def _healthy(state: dict[str, Any]) -> bool:
+    lp = plan_from_state(state)
+    return all(netns.exists(ns) for ns in lp.namespaces()) and all(_alive(e) for e in state["pids"].values())
+
+
+def down(prefix: str | None = None) -> list[str]:
+    """Remove every namespace, link, rule and process this lab made. Returns what was removed."""
+    preflight()
+    p = prefix or lab_prefix()
+    removed: list[str] = []
+    state = load_state(p)
+    if state is not None:
+        n = len([e for e in state.get("pids", {}).values() if _alive(e)])
+        _stop_processes(state)
+        removed.append(f"{n} processes")
+    names = netns.list_netns(f"{p}-")
+    if names:
+        # Deleting a namespace deletes its veths, qdiscs and firewall rules with it.
+        _ns_batch(None, (f"netns delete {ns}" for ns in names))
+        removed.append(f"{len(names)} namespaces")
+    d = state_dir(p)
+    if d.exists():
+        shutil.rmtree(d)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------- impair
+def _empty_direction() -> dict[str, float | None]:
+    return dict.fromkeys(DIRECTION_KEYS)
+
+
+def impair(
+    target: str | None,
+    kecamatan: str | None,
+    down_: dict[str, float | None],
+    up_: dict[str, float | None],
+    *,
+    blackhole: bool = False,
+    restore: bool = False,
+    optical: dict[str, Any] | None = None,
+    prefix: str | None = None,
+) -> dict[str, Any]:
+    """Merge the given impairments into the lab and apply them. A value of 0 clears that impairment."""
+    preflight()
+    state = load_state(prefix)
+    if state is None or not state.get("complete"):
+        raise LabError("the lab is not up: run `desanet lab up` first")
+    lp = plan_from_state(state)
+    if (target is None) == (kecamatan is None):
+        raise LabError("name exactly one village or one --kecamatan")
+    if target is not None:
+        slug = _find_slug(lp, target)
+        key = f"v:{slug}"
+    else:
+        try:
+            key = f"k:{lp.kec(kecamatan or '').name}"
+        except KeyError:
+            raise LabError(f"no kecamatan {kecamatan!r} in the lab") from None
+    cur = state["impairments"].get(key) or {"down": _empty_direction(), "up": _empty_direction(), "blackholed": False}
+    if restore:
+        cur = {"down": _empty_direction(), "up": _empty_direction(), "blackholed": False}
+    for direction, values in (("down", down_), ("up", up_)):
+        for k, val in values.items():
+            if val is not None:
+                cur[direction][k] = None if val == 0 else float(val)
+    if blackhole:
+        cur["blackholed"] = True
+    _validate(cur)
+    state["impairments"][key] = cur
+    if optical:
+        if not key.startswith("v:"):
+            raise LabError("optical values belong to a village, not a kecamatan")
+        slug = key[2:]
+        merged = {**state["optical"].get(slug, {}), **optical}
+        state["optical"][slug] = merged
+        _apply_optical(state, slug, merged)
+    _refresh_emulation(state)
+    save_state(state)
+    request_reload(state)
+    _apply_all(state, lp)
+    return cur
+
+
+def _find_slug(lp: LabPlan, text: str) -> str:
+    from exporter.inventory import slugify
+
+    key = slugify(text)
+    for v in lp.villages:
+        if v.slug == key:
+            return v.slug
+    raise LabError(f"no village {text!r} in the lab")
+
+
+def _validate(cur: dict[str, Any]) -> None:
+    for direction in ("down", "up"):
+        d = cur[direction]
+        if d["loss_pct"] is not None and not 0 <= d["loss_pct"] <= 100:
+            raise LabError("loss must be between 0 and 100 %")
+        if d["jitter_ms"] is not None and d["jitter_ms"] > (d["delay_ms"] or 0):
+            raise LabError("jitter larger than the delay would need negative delays: raise --delay")
+        for k in ("delay_ms", "jitter_ms", "rate_mbit"):
+            if d[k] is not None and d[k] < 0:
+                raise LabError(f"{k} cannot be negative")
+
+
+def _refresh_emulation(state: dict[str, Any]) -> None:
+    emulate: dict[str, dict[str, float]] = {}
+    for key, cur in state["impairments"].items():
+        for direction in ("down", "up"):
+            d = cur[direction]
+            if d["delay_ms"] or d["jitter_ms"] or d["loss_pct"]:
+                emulate[f"{key}:{direction}"] = {"delay_ms": d["delay_ms"] or 0.0, "jitter_ms": d["jitter_ms"] or 0.0}
+    state["emulate"] = emulate
+
+
+def request_reload(state: dict[str, Any]) -> None:
+    from lab.emulator import request
+
+    try:
+        request(state_dir(state["prefix"]), {"cmd": "reload"})
+    except (OSError, RuntimeError) as exc:
+        raise LabError(f"the delay emulator does not answer ({exc}); `desanet lab up` again") from None
+
+
+def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
+    """Rewrite each namespace's impairment rules from the state: simple, idempotent, atomic per namespace."""
+    imp = state["impairments"]
+    # (ns, interface toward the far end, namespace and interface of the upward egress, key)
+    links: list[tuple[str, str, str, str, str]] = []
+    for v in lp.villages:
+        links.append((v.kecamatan.ns, v.kec_if, v.ns, "up0", f"v:{v.slug}"))
+    for k in lp.kecamatan:
+        links.append((lp.core_ns, k.core_if, k.ns, k.up_if, f"k:{k.name}"))
+    nft: dict[str, list[str]] = {}
+    ipt: dict[str, list[str]] = {}
+    queue_of = {q["key"]: q["queue"] for q in state["queues"]}
+    for ns, ifname, up_ns, up_if, key in links:
+        cur = imp.get(key)
+        nft.setdefault(ns, [])
+        ipt.setdefault(ns, [])
+        if cur is None:
+            continue
+        if cur["blackholed"]:
+            nft[ns] += [f'oifname "{ifname}" counter drop', f'iifname "{ifname}" counter drop']
+        for direction, match, nft_match in (
+            ("down", f"-o {ifname}", f'oifname "{ifname}"'),
+            ("up", f"-i {ifname}", f'iifname "{ifname}"'),
+        ):
+            d = cur[direction]
+            dkey = f"{key}:{direction}"
+            if d["loss_pct"]:
+                threshold = round(d["loss_pct"] * 10000)
+                nft[ns].append(
+                    f'{nft_match} numgen random mod 1000000 < {threshold} counter log prefix "{dkey}" group 1 drop'
+                )
+            if d["delay_ms"] or d["jitter_ms"] or d["loss_pct"]:
+                ipt[ns].append(f"-A DESANET {match} -j NFQUEUE --queue-num {queue_of[dkey]}")
+        _set_rate(ns, ifname, cur["down"]["rate_mbit"])
+        _set_rate(up_ns, up_if, cur["up"]["rate_mbit"])
+    for ns, rules in nft.items():
+        script = "flush chain inet desanet impair\n" + "".join(f"add rule inet desanet impair {r}\n" for r in rules)
+        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script)
+    for ns, rules in ipt.items():
+        _run(
+            ["ip", "netns", "exec", ns, "iptables-restore", "--noflush"],
+            "*filter\n:DESANET - [0:0]\n" + "".join(r + "\n" for r in rules) + "COMMIT\n",
+        )
+
+
+def _set_rate(ns: str, ifname: str, rate_mbit: float | None) -> None:
+    if rate_mbit:
+        # tbf counts whole frames; a burst of 4 ms (at least ten full frames) keeps TCP at the cap.
+        burst = max(int(rate_mbit * 1e6 / 8 * 0.004), 15140)
+        _run(
+            [
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "replace",
+                "dev",
+                ifname,
+                "root",
+                "tbf",
+                "rate",
+                f"{rate_mbit}mbit",
+                "burst",
+                str(burst),
+                "latency",
+                "50ms",
+            ]
+        )
+    else:
+        _run(["tc", "-n", ns, "qdisc", "del", "dev", ifname, "root"], check=False)
+
+
+def _apply_optical(state: dict[str, Any], slug: str, values: dict[str, Any]) -> None:
+    from lab import snmp_agent
+
+    work = state_dir(state["prefix"]) / "villages" / slug
+    snmp_agent.set_optical(work, snmp_agent.OpticalValues(**values))
+
+
+# ---------------------------------------------------------------------------------------------- truth
+def truth(window: float, prefix: str | None = None) -> dict[str, Any]:
+    from lab.emulator import request
+
+    state = load_state(prefix)
+    if state is None or not state.get("complete"):
+        raise LabError("the lab is not up: run `desanet lab up` first")
+    lp = plan_from_state(state)
+    try:
+        applied = request(state_dir(state["prefix"]), {"cmd": "truth", "window": window})["applied"]
+    except (OSError, RuntimeError) as exc:
+        raise LabError(f"the delay emulator does not answer ({exc})") from None
+    empty_applied = {
+        "packets": None,
+        "dropped": None,
+        "delay_ms_p50": None,
+        "delay_ms_mean": None,
+        "ipdv_ms_mean_abs": None,
+    }
+
+    def entry(key: str) -> dict[str, Any]:
+        cur = state["impairments"].get(key) or {
+            "down": _empty_direction(),
+            "up": _empty_direction(),
+            "blackholed": False,
+        }
+        return {
+            "configured": cur,
+            "applied": {d: applied.get(f"{key}:{d}", empty_applied) for d in ("down", "up")},
+        }
+
+    return {
+        "window_seconds": window,
+        "villages": {
+            v.slug: {"kecamatan": v.kecamatan.name, "address": v.router, **entry(f"v:{v.slug}")} for v in lp.villages
+        },
+        "kecamatan": {k.name: entry(f"k:{k.name}") for k in lp.kecamatan},
+    }
+
+
+def status(prefix: str | None = None) -> dict[str, Any]:
+    p = prefix or lab_prefix()
+    state = load_state(p)
+    names = netns.list_netns(f"{p}-")
+    if state is None:
+        return {"up": False, "prefix": p, "namespaces": len(names)}
+    pids = state.get("pids", {})
+    dead = sorted(name for name, e in pids.items() if not _alive(e))
+    return {
+        "up": bool(state.get("complete")) and not dead,
+        "prefix": p,
+        "inventory": state.get("inventory"),
+        "namespaces": len(names),
+        "villages": len(state["plan"]["villages"]),
+        "kecamatan": len(state["plan"]["kecamatan"]),
+        "processes": len(pids),
+        "dead_processes": dead,
+        "impaired": {
+            k: v
+            for k, v in state["impairments"].items()
+            if v["blackholed"] or any(x is not None for d in ("down", "up") for x in v[d].values())
+        },
+        "up_seconds": state.get("up_seconds"),
+        "noc_namespace": state["plan"]["noc_ns"],
+    }
+
+
+def exec_argv(command: list[str], prefix: str | None = None) -> list[str]:
+    state = load_state(prefix)
+    if state is None:
+        raise LabError("the lab is not up: run `desanet lab up` first")
+    return ["ip", "netns", "exec", state["plan"]["noc_ns"], *command]
