@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The main job on the built-in default: bring up the simulated Banyuwangi lab (every village of
+# inventory.yaml as a network namespace with its own router, snmpd and iperf3), impair a few links the way
+# real fibre degrades, and measure every village from the NOC namespace.
+# Leaves the lab up for you to explore (desanet lab status / impair / truth / exec); `desanet lab down` ends it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=test ./scripts/setup.sh
+. .venv/bin/activate
+
+# The lab's SNMP agents accept the same secrets the probes use; the inventory references them by name.
+export DESANET_SNMP_COMMUNITY=${DESANET_SNMP_COMMUNITY:-desanet-lab}
+export DESANET_SNMP_AUTH_KEY=${DESANET_SNMP_AUTH_KEY:-desanet-lab-auth}
+export DESANET_SNMP_PRIV_KEY=${DESANET_SNMP_PRIV_KEY:-desanet-lab-priv}
+
+desanet lab up
+desanet lab impair pesanggaran --restore --delay 30 --jitter 25 --up-delay 10     # a congested last mile
+desanet lab impair sarongan --restore --loss 4 --up-loss 4                         # a dirty connector
+desanet lab impair kalibaru-manis --restore --rate 1 --up-rate 1                   # a throttled link
+desanet lab impair --kecamatan Wongsorejo --restore --delay 40 --jitter 5          # a degraded kecamatan uplink
+desanet lab impair bajulmati --restore --down                                       # a cut fibre
+desanet lab status
+
+exec python -m lab.demo

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install, lint, type-check, then pytest.
+# pytest runs inside a fresh network namespace that has only loopback, so no test can send a packet beyond
+# this machine: the lab's namespaces are reached through `ip netns exec`, never through the host's routes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=test ./scripts/setup.sh
+. .venv/bin/activate
+echo "== ruff" && ruff check . && ruff format --check .
+echo "== mypy" && mypy
+echo "== pytest"
+exec unshare --net -- sh -c 'ip link set lo up && exec python -m pytest "$@"' pytest "$@"
