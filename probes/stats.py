@@ -11,7 +11,10 @@ Units are whatever the caller passes (desanet passes seconds everywhere). Defini
   the lower-variance estimate of the same quantity the RFC 3550 filter tracks.
 - PDV (RFC 5481 §4.2): delay minus the minimum delay of the sample; we report p99 - min, which approximates
   the de-jitter buffer a receiver needs.
-- burst loss: the worst loss ratio in any span of `span` seconds (Teams asks < 10 % in any 200 ms).
+- burst loss: the worst loss ratio in any `span`-second window that starts or ends at a packet and lies
+  within the train (Teams asks < 10 % in any 200 ms); burst_loss says why windows are anchored so.
+
+Inputs are finite numbers; NaN has no order, so no result about it is promised.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+    a, b = sorted_values[lo], sorted_values[hi]
+    # Clamped because a + (b - a) * frac can round a hair past b; p99 must never exceed max.
+    return min(max(a + (b - a) * frac, a), b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,8 @@ def summarize(values: Sequence[float]) -> Summary | None:
         return None
     s = sorted(values)
     n = len(s)
-    mean = math.fsum(s) / n
+    # Clamped because fsum/n of a constant sample can round one ulp off the constant (then stddev > 0).
+    mean = min(max(math.fsum(s) / n, s[0]), s[-1])
     # Population standard deviation, as iputils ping's mdev reports it.
     var = math.fsum((v - mean) ** 2 for v in s) / n
     return Summary(
@@ -99,39 +105,69 @@ def pdv(delays: Sequence[float]) -> float | None:
 
 
 def burst_loss(send_times: Sequence[float], lost: Sequence[bool], span: float = 0.2) -> float | None:
-    """Worst loss ratio among the packets sent within any `span`-second window.
+    """Worst loss ratio among the packets sent within any `span`-second window anchored at a packet.
 
-    Needs at least two packets inside a span to mean anything ("dense enough"): returns None when the
-    train is sparser than that, because one lost echo a second says nothing about 200 ms bursts.
+    Windows are the `span` seconds starting at a packet, [t, t + span), and the `span` seconds ending at one,
+    (t - span, t]; they count only when they lie inside the train, and a train shorter than `span` is one
+    window. Anchoring at packets keeps the count steady: at 50 pps every window holds 10 or 11 packets, so
+    one isolated loss reads at most 10 % and two in 200 ms at least 18 %, whatever the send-time jitter. (A
+    window allowed to start anywhere could fall between two probes, hold 9 and read one loss as 11 %.)
+    Keeping windows inside the train stops its ends from reading as bursts: a window hanging past the first
+    echo would hold two packets and read one loss as 50 %. Both directions make the result the same when
+    time runs backwards.
+
+    A window needs at least two packets to count: None when none has (a sparse train, one echo a second,
+    says nothing about 200 ms bursts). Send times need not be sorted.
     """
     if len(send_times) != len(lost):
         raise ValueError("send_times and lost differ in length")
+    if not 0 < span < math.inf:
+        raise ValueError(f"span {span} is not a positive finite number")
     n = len(send_times)
     if n < 2:
         return None
-    order = sorted(range(n), key=lambda i: send_times[i])
-    t = [send_times[i] for i in order]
-    x = [1 if lost[i] else 0 for i in order]
+    order = sorted(range(n), key=send_times.__getitem__)
+    t = [send_times[k] for k in order]
+    lost_before = [0, *itertools.accumulate(1 if lost[k] else 0 for k in order)]
     worst: float | None = None
-    lo = 0
-    lost_in = 0
-    for hi in range(n):
-        lost_in += x[hi]
-        while t[hi] - t[lo] >= span:
-            lost_in -= x[lo]
-            lo += 1
-        count = hi - lo + 1
-        if count >= 2:
-            ratio = lost_in / count
+
+    def score(lo: int, hi: int) -> None:  # packets lo..hi-1
+        nonlocal worst
+        if hi - lo >= 2:
+            ratio = (lost_before[hi] - lost_before[lo]) / (hi - lo)
             worst = ratio if worst is None or ratio > worst else worst
+
+    first, last = t[0], t[-1]
+    if last - first < span:
+        score(0, n)
+        return worst
+    hi = 0
+    for i in range(n):  # [t_i, t_i + span), only while the train lasts that long
+        if last - t[i] < span:
+            break
+        if i and t[i] == t[i - 1]:
+            continue  # same window as the first packet sent at this instant
+        hi = max(hi, i)
+        while hi < n and t[hi] - t[i] < span:
+            hi += 1
+        score(i, hi)
+    lo = 0
+    for j in range(n):  # (t_j - span, t_j], only once the train has lasted that long
+        if t[j] - first < span or (j + 1 < n and t[j + 1] == t[j]):
+            continue
+        while t[j] - t[lo] >= span:
+            lo += 1
+        score(lo, j + 1)
     return worst
 
 
 def loss_ratio(sent: int, received: int) -> float | None:
     """Share of probes without an answer; None when nothing was sent. Duplicates never make it negative."""
+    if received < 0:
+        raise ValueError(f"received {received} < 0")
     if sent <= 0:
         return None
-    return max(0.0, (sent - min(received, sent)) / sent)
+    return (sent - min(received, sent)) / sent
 
 
 def count_reordered(sequence_in_arrival_order: Sequence[int]) -> int:
@@ -150,8 +186,13 @@ def binomial_interval(sent: int, lost: int, z: float = 1.96) -> tuple[float, flo
     """Wilson 95 % interval for a loss ratio: the bound tests hold measured loss to."""
     if sent <= 0:
         raise ValueError("no packets")
+    if not 0 <= lost <= sent:
+        raise ValueError(f"lost {lost} outside 0..{sent}")
     p = lost / sent
     denom = 1 + z * z / sent
     centre = (p + z * z / (2 * sent)) / denom
     half = z * math.sqrt(p * (1 - p) / sent + z * z / (4 * sent * sent)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or all lost the bound is exactly 0 or 1; rounding would otherwise leave 1 - 1e-16.
+    lo = 0.0 if lost == 0 else max(0.0, centre - half)
+    hi = 1.0 if lost == sent else min(1.0, centre + half)
+    return lo, hi
