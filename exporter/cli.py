@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from exporter.commands import icmp, inventory, reflector, snmp, stamp, throughput, trace
+from exporter.commands import icmp, inventory, reflector, serve, snmp, stamp, throughput, trace
 
 app = typer.Typer(
     name="desanet",
@@ -27,6 +27,7 @@ inventory.register(app)
 for module in (icmp, stamp, throughput, snmp, trace):
     module.register(probe_app)
 reflector.register(app)
+serve.register(app)
 
 
 def _register_lab() -> None:

@@ -1,0 +1,475 @@
+"""Who is probed when: continuous ICMP for every village, and the heavier probes spread over their intervals.
+
+Self-scheduled (smokeping_prober's argument: probes paced by the prober give smooth data, not by scrapes).
+Every village's probes run isolated from each other: a probe that times out or raises costs that village
+that result, is counted in desanet_probe_success and logged with its reason, and nothing else waits for it.
+
+- ICMP: one engine, one socket, every village's echo spread evenly over the interval (the engine does it).
+- SNMP: all villages polled every `settings.snmp.every_seconds` through one poller with per-agent limits.
+- STAMP: each village with a reflector every `settings.stamp.every_seconds`, first run spread at random.
+- Trace: each village every `settings.trace.every_seconds`, and at once when its verdict worsens.
+- Throughput: `tests_per_day` per village within its byte/time budget, never two on one kecamatan uplink,
+  never during a session (exporter/budget.py enforces all three).
+- Evaluation: every few seconds each village's window is summarised and its readiness re-assessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from exporter import readiness as rd
+from exporter.exposition import Exposition
+from exporter.inventory import Inventory, SecretError, Village, resolve_secret
+from exporter.metrics import SPECS, render_village
+from exporter.state import VillageState
+
+log = logging.getLogger("desanet.scheduler")
+
+EVAL_SECONDS = 5.0
+THROUGHPUT_CHECK_SECONDS = 10.0
+REFUSED_RETRY_SECONDS = 900.0
+VERDICT_RANK = {"ready": 0, "unknown": 1, "at_risk": 2, "not_ready": 3}
+
+
+def in_shard(slug: str, shard: tuple[int, int]) -> bool:
+    """Deterministic K-of-N split by a hash of the slug: N probe hosts cover the district exactly once."""
+    k, n = shard
+    if n <= 1:
+        return True
+    h = int.from_bytes(hashlib.sha256(slug.encode()).digest()[:8], "big")
+    return h % n == k - 1
+
+
+class Monitor:
+    def __init__(self, inventory: Inventory, *, shard: tuple[int, int] = (1, 1), enable: set[str] | None = None):
+        self.inventory = inventory
+        self.shard = shard
+        self.enable = enable or {"icmp", "snmp", "stamp", "trace", "throughput"}
+        self.villages: dict[str, VillageState] = {}
+        self.exposition = Exposition(list(SPECS))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.engine: Any = None
+        self.poller: Any = None
+        self.started = time.time()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[Any]] = set()
+        self._stamp_sem = asyncio.Semaphore(4)
+        self._trace_sem = asyncio.Semaphore(2)
+        self._tp_kec_busy: set[str] = set()
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        from probes.icmp import IcmpEngine
+        from probes.snmp import SnmpPoller
+
+        self.loop = asyncio.get_running_loop()
+        if "icmp" in self.enable:
+            self.engine = IcmpEngine()
+            self.engine.open()
+        if "snmp" in self.enable:
+            self.poller = SnmpPoller(max_per_agent=self.inventory.settings.snmp.max_per_agent)
+            await self.poller.start()
+        self.apply_inventory(self.inventory)
+        self._tasks = [asyncio.create_task(self._evaluate_loop(), name="evaluate")]
+        if "snmp" in self.enable:
+            self._tasks.append(asyncio.create_task(self._snmp_loop(), name="snmp"))
+        if self.enable & {"stamp", "trace", "throughput"}:
+            self._tasks.append(asyncio.create_task(self._periodic_loop(), name="periodic"))
+        self.ready.set()
+
+    async def stop(self) -> None:
+        for t in [*self._tasks, *self._running]:
+            t.cancel()
+        for t in [*self._tasks, *self._running]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.engine is not None:
+            self.engine.close()
+        if self.poller is not None:
+            await self.poller.close()
+
+    def apply_inventory(self, inv: Inventory) -> None:
+        """Adopt a (re)loaded inventory: add new villages, drop removed ones, keep the history of the rest."""
+        self.inventory = inv
+        wanted = {v.slug: v for v in inv.villages if in_shard(v.slug, self.shard)}
+        for slug in list(self.villages):
+            if slug not in wanted:
+                vs = self.villages.pop(slug)
+                if vs.icmp_target is not None and self.engine is not None:
+                    self.engine.remove_target(vs.icmp_target)
+                self.exposition.drop(slug)
+        now = time.monotonic()
+        for slug, village in wanted.items():
+            old = self.villages.get(slug)
+            if old is None or old.village.address != village.address:
+                if old is not None and old.icmp_target is not None and self.engine is not None:
+                    self.engine.remove_target(old.icmp_target)
+                vs = VillageState.create(inv, village)
+                self.villages[slug] = vs
+                vs.next_due = {
+                    "stamp": now + random.uniform(5, min(60.0, inv.settings.stamp.every_seconds)),
+                    "trace": now + random.uniform(10, min(120.0, inv.settings.trace.every_seconds)),
+                    "throughput": now + random.uniform(30, 30 + self._throughput_period(inv)),
+                }
+                if self.engine is not None:
+                    vs.icmp_target = self._add_icmp(vs, village)
+            else:
+                vs = old
+                vs.village = village
+            vs.profiles = self._profiles_for(inv, village)
+            vs.dirty = True
+
+    def _add_icmp(self, vs: VillageState, village: Village) -> Any:
+        from probes.icmp import IcmpSettings
+
+        s = self.inventory.settings.icmp
+        settings = IcmpSettings(
+            timeout=min(s.timeout_seconds, max(0.001, s.window_seconds)), payload_bytes=s.payload_bytes
+        )
+        capacity = max(10, int(s.window_seconds / s.interval_seconds * 1.5) + 10)
+
+        def on_sample(_t: Any, _sent: float, rtt: float | None) -> None:
+            vs.observe_rtt("icmp", rtt)
+
+        return self.engine.add_target(
+            village.address,
+            s.interval_seconds,
+            settings=settings,
+            capacity=capacity,
+            on_sample=on_sample,
+            label=village.slug,
+        )
+
+    @staticmethod
+    def _profiles_for(inv: Inventory, village: Village) -> list[Any]:
+        names = [village.profile or inv.defaults.profile]
+        names += [s.profile for s in inv.sessions_for(village) if s.profile]
+        seen: list[Any] = []
+        for n in names:
+            with contextlib.suppress(KeyError):
+                p = inv.profile(n)
+                if p not in seen:
+                    seen.append(p)
+        return seen
+
+    @staticmethod
+    def _throughput_period(inv: Inventory) -> float:
+        per_day = inv.settings.throughput.tests_per_day
+        return 86400.0 / per_day if per_day else float("inf")
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    async def _evaluate_loop(self) -> None:
+        while True:
+            self.evaluate_all()
+            await asyncio.sleep(EVAL_SECONDS)
+
+    def evaluate_all(self) -> None:
+        now = datetime.now(ZoneInfo(self.inventory.timezone))
+        for vs in self.villages.values():
+            try:
+                self.evaluate(vs, now)
+            except Exception:  # one village's bad data must not stop the others' verdicts
+                log.exception("evaluating %s failed", vs.slug)
+
+    def evaluate(self, vs: VillageState, now: datetime) -> None:
+        inv = self.inventory
+        if vs.icmp_target is not None:
+            vs.icmp_window = vs.icmp_target.window(inv.settings.icmp.window_seconds)
+        vs.next_session = inv.next_session(vs.village, now)
+        m = self.measurements(vs)
+        before = {p: r.verdict for p, r in vs.readiness.items()}
+        vs.readiness = {p.name: rd.assess(m, p) for p in vs.profiles}
+        worse = any(
+            VERDICT_RANK[r.verdict] > VERDICT_RANK.get(before.get(p, "ready"), 0)
+            and r.verdict in ("at_risk", "not_ready")
+            for p, r in vs.readiness.items()
+        )
+        if worse and "trace" in self.enable and (vs.trace_at is None or time.time() - vs.trace_at > 60):
+            vs.next_due["trace"] = time.monotonic()  # find the hop now, while it is degraded
+        vs.dirty = True
+
+    def measurements(self, vs: VillageState) -> rd.Measurements:
+        w = vs.icmp_window
+        rtt_p95 = loss = jitter = burst = None
+        if w is not None and w.sent > 0:
+            loss = w.loss_ratio
+            burst = w.burst_loss_ratio
+            if w.rtt is not None:
+                rtt_p95 = w.rtt.p95
+            jitter = w.jitter_seconds
+        s = vs.stamp
+        fresh = 2.5 * self.inventory.settings.stamp.every_seconds
+        if s is not None and vs.stamp_at is not None and time.time() - vs.stamp_at < fresh:
+            # One-way jitter per direction is what a video receiver lives with; take the worse direction.
+            one_way = [j for j in (s.forward.jitter_seconds, s.backward.jitter_seconds) if j is not None]
+            if one_way:
+                jitter = max(one_way)
+        down = up = None
+        for direction, (d, ts) in vs.throughput.items():
+            if time.time() - ts < 86400:
+                if direction == "down":
+                    down = d.bits_per_second
+                else:
+                    up = d.bits_per_second
+        return rd.Measurements(
+            rtt_p95_seconds=rtt_p95,
+            jitter_seconds=jitter,
+            loss_ratio=loss,
+            burst_loss_ratio=burst,
+            down_bits_per_second=down,
+            up_bits_per_second=up,
+            interface_headroom_bits_per_second=self._headroom(vs),
+        )
+
+    @staticmethod
+    def _headroom(vs: VillageState) -> float | None:
+        """Speed minus the busier direction's rate on the router's busiest interface, from two SNMP polls."""
+        cur, prev = vs.snmp, vs.snmp_prev
+        if cur is None or prev is None or not cur.success or not prev.success or vs.snmp_at is None:
+            return None
+        dt = (vs.snmp_at or 0) - (vs.snmp_prev_at or 0)
+        if dt <= 0:
+            return None
+        before = {i.index: i for i in prev.interfaces}
+        best: float | None = None
+        busiest = -1.0
+        for i in cur.interfaces:
+            p = before.get(i.index)
+            if p is None or i.speed_bits_per_second in (None, 0) or (i.name or "").startswith("lo"):
+                continue
+            if None in (i.in_octets, p.in_octets, i.out_octets, p.out_octets):
+                continue
+            rate = max(i.in_octets - p.in_octets, i.out_octets - p.out_octets, 0) * 8 / dt
+            if rate > busiest:
+                busiest = rate
+                best = max(0.0, i.speed_bits_per_second - rate)
+        return best
+
+    # ------------------------------------------------------------------------------------------ rendering
+    def render(self) -> str:
+        """Re-render the villages whose state changed, then join; called from the HTTP thread."""
+        now = time.time()
+        for slug, vs in list(self.villages.items()):
+            if vs.dirty:
+                vs.dirty = False
+                self.exposition.put(slug, render_village(vs, now))
+        return self.exposition.render()
+
+    # ------------------------------------------------------------------------------------------ SNMP
+    def snmp_settings(self, village: Village) -> Any:
+        from probes.snmp import settings_from_config
+
+        cfg = self.inventory.snmp_for(village)
+        if cfg is None:
+            return None
+        s = self.inventory.settings.snmp
+        return settings_from_config(cfg, resolve_secret, timeout_seconds=s.timeout_seconds, retries=s.retries)
+
+    async def _snmp_loop(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await self.poll_snmp()
+            await asyncio.sleep(max(1.0, self.inventory.settings.snmp.every_seconds - (time.monotonic() - t0)))
+
+    async def poll_snmp(self) -> None:
+        items: list[tuple[VillageState, Any]] = []
+        for vs in list(self.villages.values()):
+            try:
+                settings = self.snmp_settings(vs.village)
+            except (SecretError, ValueError) as exc:
+                vs.status("snmp").record(False, 0.0, str(exc))
+                vs.log("snmp", False, str(exc))
+                continue
+            if settings is not None:
+                items.append((vs, settings))
+        if not items:
+            return
+        results = await self.poller.poll_many([(vs.village.address, s) for vs, s in items])
+        now = time.time()
+        for (vs, _), r in zip(items, results, strict=True):
+            vs.status("snmp").record(bool(r.success), r.duration_seconds, r.error)
+            if r.success:
+                vs.snmp_prev, vs.snmp_prev_at = vs.snmp, vs.snmp_at
+                vs.snmp, vs.snmp_at = r, now
+                vs.log("snmp", True, f"{len(r.interfaces)} interfaces, uptime {r.uptime_seconds:.0f} s")
+            else:
+                vs.log("snmp", False, r.error or "failed")
+            vs.dirty = True
+
+    # ------------------------------------------------------------------------------------------ periodic
+    async def _periodic_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            inv = self.inventory
+            for vs in list(self.villages.values()):
+                due = vs.next_due
+                if "stamp" in self.enable and vs.village.stamp is not None and due.get("stamp", 0) <= now:
+                    due["stamp"] = now + inv.settings.stamp.every_seconds * random.uniform(0.9, 1.1)
+                    self._spawn(self._guarded(vs, "stamp", self._run_stamp), self._stamp_sem)
+                if "trace" in self.enable and due.get("trace", 0) <= now:
+                    due["trace"] = now + inv.settings.trace.every_seconds * random.uniform(0.9, 1.1)
+                    self._spawn(self._guarded(vs, "trace", self._run_trace), self._trace_sem)
+                if (
+                    "throughput" in self.enable
+                    and vs.village.iperf3 is not None
+                    and due.get("throughput", 0) <= now
+                    and vs.village.kecamatan not in self._tp_kec_busy
+                ):
+                    due["throughput"] = now + self._throughput_period(inv)
+                    self._tp_kec_busy.add(vs.village.kecamatan)
+                    self._spawn(self._throughput_then_release(vs), None)
+            await asyncio.sleep(1.0)
+
+    def _spawn(self, coro: Awaitable[None], sem: asyncio.Semaphore | None) -> None:
+        async def run() -> None:
+            if sem is None:
+                await coro
+                return
+            async with sem:
+                await coro
+
+        task = asyncio.create_task(run())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _guarded(self, vs: VillageState, probe: str, fn: Callable[[VillageState], Awaitable[str]]) -> None:
+        """Run one probe for one village; whatever happens stays with that village."""
+        t0 = time.monotonic()
+        try:
+            message = await fn(vs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            dt = time.monotonic() - t0
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            vs.status(probe).record(False, dt, reason)
+            vs.log(probe, False, reason)
+            log.warning("probe failed", extra={"village": vs.slug, "probe": probe, "reason": reason})
+        else:
+            dt = time.monotonic() - t0
+            vs.status(probe).record(True, dt)
+            vs.log(probe, True, message)
+        vs.dirty = True
+
+    async def _run_stamp(self, vs: VillageState) -> str:
+        from probes.stamp import StampSettings, probe
+
+        endpoint = vs.village.stamp_address()
+        assert endpoint is not None
+        addr, port = endpoint
+        s = self.inventory.settings.stamp
+        prof = vs.profiles[0] if vs.profiles else None
+        settings = StampSettings(
+            port=port,
+            rate_pps=s.rate_pps,
+            duration_seconds=s.duration_seconds,
+            packet_bytes=prof.video_packet_bytes if prof else 1200,
+            dscp=prof.dscp if prof else 34,
+        )
+        r = await probe(addr, settings)
+        vs.stamp, vs.stamp_at = r, time.time()
+        for rtt in getattr(r, "rtts", ()):
+            vs.observe_rtt("stamp", rtt)
+        lost = r.sent - r.received
+        for _ in range(max(0, lost)):
+            vs.observe_rtt("stamp", None)
+        if r.received == 0:
+            raise RuntimeError(f"no STAMP reply from {addr}:{port} ({r.sent} sent)")
+        return f"{r.received}/{r.sent} replies, RTT p50 {r.rtt.p50 * 1e3:.2f} ms" if r.rtt else "ok"
+
+    async def _run_trace(self, vs: VillageState) -> str:
+        from probes.trace import TraceSettings, probe
+
+        s = self.inventory.settings.trace
+        r = await probe(vs.village.address, TraceSettings(max_hops=s.max_hops, probes_per_hop=s.probes_per_hop))
+        vs.trace, vs.trace_at = r, time.time()
+        deg = f", degraded at hop {r.degraded_hop}" if r.degraded_hop is not None else ""
+        return f"{len(r.hops)} hops, {'reached' if r.reached else 'NOT reached'}{deg}"
+
+    async def _throughput_then_release(self, vs: VillageState) -> None:
+        try:
+            await self._guarded(vs, "throughput", self._run_throughput)
+        finally:
+            self._tp_kec_busy.discard(vs.village.kecamatan)
+
+    async def _run_throughput(self, vs: VillageState) -> str:
+        from exporter.budget import Refused, acquire_test_slot
+        from probes.throughput import ThroughputSettings, probe
+
+        endpoint = vs.village.iperf3_address()
+        assert endpoint is not None
+        addr, port = endpoint
+        now = datetime.now(ZoneInfo(self.inventory.timezone))
+        try:
+            with acquire_test_slot(self.inventory, vs.village, now) as slot:
+                max_seconds, max_bytes = slot.caps(2)
+                settings = ThroughputSettings(port=port, direction="both", max_seconds=max_seconds, max_bytes=max_bytes)
+                r = await probe(addr, settings)
+                spent = sum(d.bytes for d in (r.down, r.up) if d is not None)
+                secs = sum(d.seconds for d in (r.down, r.up) if d is not None)
+                slot.charge(spent, secs)
+        except Refused as exc:
+            vs.next_due["throughput"] = time.monotonic() + REFUSED_RETRY_SECONDS
+            return f"not run: {exc}"
+        ts = time.time()
+        for direction, d in (("down", r.down), ("up", r.up)):
+            if d is not None:
+                vs.throughput[direction] = (d, ts)
+        vs.throughput_bytes += spent
+        parts = [f"{k} {d.bits_per_second / 1e6:.2f} Mbit/s" for k, d in (("down", r.down), ("up", r.up)) if d]
+        return ", ".join(parts)
+
+    # ------------------------------------------------------------------------------------------ on demand
+    async def probe_now(self, slug: str, module: str) -> Any:
+        """One probe of one village, for /probe: same probes, same settings as the schedule."""
+        vs = self.villages.get(slug)
+        village = vs.village if vs else self.inventory.village(slug)
+        if module == "icmp":
+            from probes.icmp import IcmpSettings
+            from probes.icmp import probe as icmp_probe
+
+            return await icmp_probe(village.address, IcmpSettings(count=10, interval=0.1), engine=self.engine)
+        if module == "snmp":
+            from probes.snmp import probe as snmp_probe
+
+            return await snmp_probe(village.address, self.snmp_settings(village), poller=self.poller)
+        if module == "stamp":
+            from probes.stamp import StampSettings
+            from probes.stamp import probe as stamp_probe
+
+            ep = village.stamp_address()
+            if ep is None:
+                raise ValueError(f"{slug} has no STAMP reflector in the inventory")
+            return await stamp_probe(ep[0], StampSettings(port=ep[1], duration_seconds=2.0))
+        if module == "trace":
+            from probes.trace import TraceSettings
+            from probes.trace import probe as trace_probe
+
+            return await trace_probe(village.address, TraceSettings())
+        if module == "throughput":
+            from exporter.budget import acquire_test_slot
+            from probes.throughput import ThroughputSettings
+            from probes.throughput import probe as tp_probe
+
+            ep = village.iperf3_address()
+            if ep is None:
+                raise ValueError(f"{slug} has no iperf3 server in the inventory")
+            now = datetime.now(ZoneInfo(self.inventory.timezone))
+            with acquire_test_slot(self.inventory, village, now) as slot:
+                max_seconds, max_bytes = slot.caps(2)
+                r = await tp_probe(
+                    ep[0], ThroughputSettings(port=ep[1], max_seconds=min(3.0, max_seconds), max_bytes=max_bytes)
+                )
+                slot.charge(sum(d.bytes for d in (r.down, r.up) if d), sum(d.seconds for d in (r.down, r.up) if d))
+            return r
+        raise ValueError(f"unknown module {module!r}")

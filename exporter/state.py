@@ -1,0 +1,127 @@
+"""What the exporter knows about each village: the latest result of every probe, the running histograms, and
+a short log. The scheduler writes it; the metrics renderer, the status page and /probe read it."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from exporter.exposition import labels
+from exporter.inventory import Inventory, Profile, Session, Village
+
+# SmokePing-like resolution where video cares (1–300 ms), coarse beyond.
+RTT_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.0,
+)
+LOG_KEEP_OK = 20
+LOG_KEEP_FAILED = 50  # failures outlive successes, as in blackbox_exporter's history
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(RTT_BUCKETS, value)] += 1
+        self.total += value
+
+
+@dataclass
+class ProbeStatus:
+    success: bool | None = None
+    duration: float | None = None
+    last_run: float | None = None
+    runs: int = 0
+    failures: int = 0
+    error: str | None = None
+
+    def record(self, ok: bool, duration: float, error: str | None = None) -> None:
+        self.success = ok
+        self.duration = duration
+        self.last_run = time.time()
+        self.runs += 1
+        if not ok:
+            self.failures += 1
+        self.error = error
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    when: float
+    probe: str
+    ok: bool
+    message: str
+
+
+@dataclass
+class VillageState:
+    village: Village
+    base_labels: str
+    hist: dict[str, Histogram] = field(default_factory=dict)  # by method
+    sent: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+    icmp_target: Any = None  # probes.icmp.ContinuousTarget
+    icmp_window: Any = None  # probes.icmp.IcmpResult
+    stamp: Any = None  # probes.stamp.StampResult
+    stamp_at: float | None = None
+    throughput: dict[str, tuple[Any, float]] = field(default_factory=dict)  # direction -> (DirectionResult, ts)
+    throughput_bytes: int = 0
+    snmp: Any = None  # probes.snmp.SnmpResult
+    snmp_prev: Any = None
+    snmp_at: float | None = None
+    snmp_prev_at: float | None = None
+    trace: Any = None  # probes.trace.TraceResult
+    trace_at: float | None = None
+    readiness: dict[str, Any] = field(default_factory=dict)  # profile name -> exporter.readiness.Readiness
+    probes: dict[str, ProbeStatus] = field(default_factory=dict)
+    ok_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_OK))
+    failed_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_FAILED))
+    next_session: tuple[Session, datetime] | None = None
+    profiles: list[Profile] = field(default_factory=list)
+    next_due: dict[str, float] = field(default_factory=dict)  # probe -> monotonic due time
+    dirty: bool = True
+
+    @classmethod
+    def create(cls, inv: Inventory, village: Village) -> VillageState:
+        return cls(village=village, base_labels=labels({"village": village.slug, "kecamatan": village.kecamatan}))
+
+    @property
+    def slug(self) -> str:
+        return self.village.slug
+
+    def status(self, probe: str) -> ProbeStatus:
+        return self.probes.setdefault(probe, ProbeStatus())
+
+    def log(self, probe: str, ok: bool, message: str) -> None:
+        entry = LogEntry(time.time(), probe, ok, message)
+        (self.ok_log if ok else self.failed_log).append(entry)
+
+    def recent_logs(self) -> list[LogEntry]:
+        return sorted([*self.ok_log, *self.failed_log], key=lambda e: e.when, reverse=True)
+
+    def observe_rtt(self, method: str, rtt: float | None) -> None:
+        self.sent[method] = self.sent.get(method, 0) + 1
+        if rtt is not None:
+            self.received[method] = self.received.get(method, 0) + 1
+            self.hist.setdefault(method, Histogram()).observe(rtt)
+        self.dirty = True
