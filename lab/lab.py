@@ -348,6 +348,11 @@ def _start_services(state: dict[str, Any], lp: LabPlan, inv: Inventory, secrets:
             _spawn(
                 state, f"iperf3:{v.slug}", v.ns, ["iperf3", "-s", "-B", ip[0], "-p", str(ip[1])], work / "iperf3.log"
             )
+    endpoints = [(v.ns, *ep) for v in lp.villages if (ep := inv.village(v.slug).stamp_address()) is not None]
+    if endpoints:
+        (d / "reflectors.json").write_text(json.dumps(endpoints))
+        argv = [sys.executable, "-m", "lab.reflectors", "--endpoints", str(d / "reflectors.json")]
+        _spawn(state, "reflectors", None, argv, d / "reflectors.log")
     save_state(state)
 
 

@@ -36,7 +36,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from probes import stats
@@ -390,6 +390,7 @@ class StampResult:
     tx_timestamps: str = "user"  # "kernel" when every T1 came from the kernel's TX stamp
     rx_timestamps: str = "user"  # "kernel" when every T4 came from the kernel's RX stamp
     elapsed_seconds: float = 0.0
+    rtts: tuple[float, ...] = field(default=(), repr=False)  # every on-time RTT in send order (for histograms)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -539,6 +540,7 @@ def analyse(
         late=late,
         reordered=stats.count_reordered([r.sender_seq for r in on_time]),
         reply_dscp=tos[0][0] >> 2 if tos else None,
+        rtts=tuple(rtt_s),
         **counts,
     )
 

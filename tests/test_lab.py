@@ -200,7 +200,7 @@ def test_up_is_idempotent_and_down_removes_everything(tmp_path: Path) -> None:
         assert cli("lab", "up", "--inventory", str(inv)).returncode == 0
         state = json.loads((Path("/run/desanet-lab") / prefix / "state.json").read_text())
         pids = [e["pid"] for e in state["pids"].values()]
-        assert len(pids) == 1 + 2 * 3  # the emulator, then snmpd and iperf3 in each village
+        assert len(pids) == 2 + 2 * 3  # the emulator and the reflectors, then snmpd and iperf3 in each village
         again = cli("lab", "up", "--inventory", str(inv))
         assert again.returncode == 0 and "already up" in again.stderr
         assert json.loads((Path("/run/desanet-lab") / prefix / "state.json").read_text())["pids"] == state["pids"]
