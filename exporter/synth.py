@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+# Address plan: kecamatan k (1-based) owns 10.<100+k>.0.0/16, so k stops at MAX_KECAMATAN to stay clear of the
+# lab's own 10.254.0.0/16 and 10.255.0.0/16 (lab/topology.py); each /16 holds VILLAGES_PER_KECAMATAN routers.
+MAX_KECAMATAN = 150
+_PER_24 = 250
+VILLAGES_PER_KECAMATAN = _PER_24 * 250
+
 
 def village_address(k: int, v: int) -> str:
-    """Router address of village v (0-based) of kecamatan k (1-based): 10.<100+k>.<v/250>.<v%250+1>... kept in
+    """Router address of village v (0-based) of kecamatan k (1-based): 10.<100+k>.<v//250+1>.<v%250+1>, kept in
     one /16 per kecamatan so the lab and the NOC can route a kecamatan with one prefix."""
-    return f"10.{100 + k}.{v // 250 + 1}.{v % 250 + 1}"
+    if not 1 <= k <= MAX_KECAMATAN or not 0 <= v < VILLAGES_PER_KECAMATAN:
+        raise ValueError(f"village {v} of kecamatan {k} is outside the synthetic address plan")
+    return f"10.{100 + k}.{v // _PER_24 + 1}.{v % _PER_24 + 1}"
 
 
 def synth_inventory(villages: int, kecamatan: int = 25) -> str:
-    kecamatan = max(1, min(kecamatan, villages))
-    if villages > kecamatan * 250 * 250:
+    """A valid inventory of `villages` villages dealt round-robin over `kecamatan` kecamatan, as YAML text."""
+    if villages < 1:
+        raise ValueError("need at least one village")
+    if not 1 <= kecamatan <= MAX_KECAMATAN:
+        raise ValueError(f"kecamatan must be between 1 and {MAX_KECAMATAN}")
+    kecamatan = min(kecamatan, villages)
+    if villages > kecamatan * VILLAGES_PER_KECAMATAN:
         raise ValueError("too many villages for the address plan")
     lines = [
         f"# Synthetic inventory: {villages} villages in {kecamatan} kecamatan (desanet inventory synth).",
         "district: Synthetic district",
+        "timezone: Asia/Jakarta",
         "defaults:",
         "  profile: meet-hd",
         "  snmp: {version: 2c, community: {env: DESANET_SNMP_COMMUNITY}}",

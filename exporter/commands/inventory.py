@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from exporter.inventory import InventoryError, json_schema, load_inventory
+from exporter.inventory import InventoryError, default_inventory_path, json_schema, load_inventory
+from exporter.synth import MAX_KECAMATAN
 
 
 def register(app: typer.Typer) -> None:
@@ -18,18 +19,26 @@ def register(app: typer.Typer) -> None:
 
     @inv.command("check")
     def check(
-        files: Annotated[list[Path], typer.Argument(help="Inventory files to check.")],
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print problems only.")] = False,
+        files: Annotated[
+            list[Path] | None, typer.Argument(help="Inventory files to check (default: the exporter's inventory).")
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the problems only, no summaries.")] = False,
     ) -> None:
-        """Print every problem as FILE:LINE:COL: message; exit 1 if there is any, 0 when all files are valid."""
+        """Print every problem as FILE:LINE:COL: message; exit 1 if there is any, 0 when all files are valid.
+
+        Unlike the exporter, check also reports one-off sessions that have already ended.
+        """
         bad = 0
-        for f in files:
+        for f in files or [default_inventory_path()]:
             try:
                 i = load_inventory(f, strict_time=True)
             except InventoryError as exc:
                 bad += 1
                 for p in exc.problems:
                     typer.echo(str(p))
+                if not quiet:
+                    n = len(exc.problems)
+                    typer.echo(f"{f}: {n} problem{'s' if n != 1 else ''}", err=True)
                 continue
             if not quiet:
                 typer.echo(
@@ -48,7 +57,7 @@ def register(app: typer.Typer) -> None:
     def synth(
         villages: Annotated[int, typer.Option("--villages", "-n", min=1, max=60000, help="How many villages.")] = 217,
         kecamatan: Annotated[
-            int, typer.Option("--kecamatan", min=1, max=250, help="Spread over this many kecamatan.")
+            int, typer.Option("--kecamatan", min=1, max=MAX_KECAMATAN, help="Spread over this many kecamatan.")
         ] = 25,
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     ) -> None:
