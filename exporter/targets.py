@@ -30,22 +30,37 @@ class Target:
 
 
 def find_village(inv: Inventory, text: str) -> Village:
-    """A village by slug or name, forgiving case and small misspellings ("pesangaran")."""
+    """A village by slug or name, forgiving case and small misspellings ("pesangaran").
+
+    An exact slug wins; then an exact name, unless two villages share it (common in Indonesia: Sumberagung is
+    a desa in several kecamatan), which is ambiguous; then the best fuzzy match, if it is clearly better than
+    the runner-up; else TargetError with the closest candidates.
+    """
     key = slugify(text)
     by_slug = {v.slug: v for v in inv.villages}
     if key in by_slug:
         return by_slug[key]
-    by_name = {slugify(v.name): v for v in inv.villages}
-    if key in by_name:
-        return by_name[key]
-    names = sorted(set(by_slug) | set(by_name))
-    close = difflib.get_close_matches(key, names, n=5, cutoff=0.75)
-    hits = {(by_slug.get(c) or by_name[c]).slug for c in close}
-    if len(hits) == 1:
-        return by_slug[hits.pop()]
-    suggestions = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
-    if hits:
-        raise TargetError(f"{text!r} is ambiguous", sorted(hits))
+    named = [v for v in inv.villages if slugify(v.name) == key]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise TargetError(f"{text!r} is ambiguous: {len(named)} villages have that name", sorted(v.slug for v in named))
+    scored: dict[str, float] = {}
+    for v in inv.villages:
+        for candidate in (v.slug, slugify(v.name)):
+            ratio = difflib.SequenceMatcher(None, key, candidate).ratio()
+            if candidate.startswith(key) and len(key) >= 3:
+                ratio = max(ratio, 0.8)  # "kalibaru" should offer Kalibaru Wetan and Kalibaru Manis
+            scored[v.slug] = max(scored.get(v.slug, 0.0), ratio)
+    ranked = sorted(scored.items(), key=lambda kv: kv[1], reverse=True)
+    best = ranked[0] if ranked else ("", 0.0)
+    runner = ranked[1][1] if len(ranked) > 1 else 0.0
+    if best[1] >= 0.85 and best[1] - runner >= 0.1:
+        return by_slug[best[0]]
+    close = [slug for slug, r in ranked if r >= 0.75][:5]
+    if len(close) > 1:
+        raise TargetError(f"{text!r} is ambiguous", close)
+    suggestions = [slug for slug, r in ranked if r >= 0.5][:5]
     raise TargetError(f"no village called {text!r} in the inventory", suggestions)
 
 

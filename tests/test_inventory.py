@@ -620,11 +620,6 @@ def test_find_village(shipped: Inventory, text: str, slug: str) -> None:
     assert find_village(shipped, text).slug == slug
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets.py bug: 'pesangaran' is a close match of both pesanggaran (0.95) and penganjuran (0.76), "
-    "and find_village calls it ambiguous instead of taking the far better match",
-)
 def test_find_village_forgives_a_dropped_letter(shipped: Inventory) -> None:
     assert find_village(shipped, "pesangaran").slug == "pesanggaran"
 
@@ -653,11 +648,6 @@ TWO_SUMBERAGUNG = MINIMAL + (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets.py bug: two villages with one name (common in Indonesia) are keyed by name in a dict, so "
-    "find_village silently returns the last one instead of raising an ambiguous TargetError",
-)
 def test_find_village_same_name_in_two_kecamatan_is_ambiguous() -> None:
     inv = parse_inventory(TWO_SUMBERAGUNG)
     with pytest.raises(TargetError) as info:
