@@ -10,6 +10,8 @@ DEBIAN_PACKAGES=(
   fping tcpdump tmux                                # side-by-side tools, packet captures, the terminal test
   prometheus prometheus-alertmanager                # promtool, the real Prometheus and Alertmanager in tests
   prometheus-smokeping-prober prometheus-blackbox-exporter   # benchmarks against what users would pick instead
+  victoria-metrics                                  # remote_write target in the scale-out test
+  chromium fonts-dejavu-core                        # the status page rendered headless in a test
 )
 
 if [ "$(id -u)" -ne 0 ]; then
