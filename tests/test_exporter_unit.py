@@ -136,3 +136,9 @@ def test_logfmt_quotes_and_keeps_extras() -> None:
                                  "village": "licin", "reason": 'timeout "2 s"'})
     line = LogfmtFormatter().format(rec)
     assert 'msg="probe failed"' in line and "village=licin" in line and 'reason="timeout \\"2 s\\""' in line
+
+
+def test_every_exported_metric_is_documented() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    missing = [s.name for s in SPECS if f"`{s.name}`" not in doc]
+    assert not missing, f"add to docs/metrics.md: {missing}"
