@@ -1,0 +1,879 @@
+"""SNMP poller: IF-MIB counters and statuses, sysUpTime, and optical levels (MIKROTIK-MIB, ENTITY-SENSOR-MIB).
+
+Same face as the other probes: `await probe(target, settings) -> SnmpResult`, plain numbers in SI units
+(seconds, bits per second, dBm, °C, amperes, volts, metres). `SnmpPoller` owns what must be shared to poll
+the whole district at once: one pysnmp engine per event loop (warmed at start), a per-agent semaphore, a
+cap on requests in flight, and the SNMPv3 state below.
+
+How a poll goes (libs.md §1 has the measurements behind these choices):
+- Numeric OIDs only, `lookupMib=False`, names from the small table `OID_NAMES`; no MIB is compiled at run
+  time. Each table is walked by a multi-column GETBULK bounded to its subtree (the equivalent of
+  `lexicographicMode=False`). A poll sends two of them side by side, the interfaces (with sysUpTime as a
+  non-repeater) and the MikroTik optical table, each asking for one row more than the agent had last
+  time, so a table that did not change is read, its end included, in one round trip. A dead agent costs
+  one timeout (both requests wait in parallel) and nothing more; ENTITY-SENSOR-MIB is walked only when
+  the MikroTik table is empty.
+- Requests ask for at most `max_varbinds` varbinds (60: one or two packets back from a village).
+  pysnmp's CPU goes almost all into BER-decoding varbinds (~0.15 ms each here, plus ~1.4 ms per PDU),
+  which is why walks do not overshoot their tables by more than a row.
+- `max_in_flight` (32) bounds requests in flight over all agents: answers wait in the socket while the
+  loop decodes others, and pysnmp's timeout keeps running meanwhile; 128 in flight made healthy agents
+  time out on this 2-vCPU box.
+- SNMPv3: each agent's engine ID is discovered once (an unauthenticated request that the agent answers
+  with a Report) and the user is registered for that engine ID only. pysnmp otherwise keeps one key set
+  per user name per engine: two villages with the same user name and different keys would overwrite each
+  other's keys while both are in flight. Pass phrases are hashed to master keys once (RFC 3414 §A.2,
+  ~12 ms each) and only localized per agent.
+- Errors come back as words in `SnmpResult.error`, never as exceptions, and never with a secret in them.
+  A wrong auth key is a Report (WrongDigest) and is quick; a wrong privacy key is silence (net-snmp drops
+  what it cannot decrypt), so when an agent answers discovery but not the encrypted request we say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import socket
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from pyasn1.type.univ import Null
+from pysnmp.carrier.asyncio.dgram import udp as _udp
+from pysnmp.carrier.asyncio.dgram import udp6 as _udp6
+from pysnmp.entity import config as _config
+from pysnmp.entity.rfc3413.cmdgen import BulkCommandGeneratorSingleRun
+from pysnmp.hlapi.v3arch.asyncio import (
+    CommunityData,
+    ContextData,
+    ObjectIdentity,
+    ObjectType,
+    SnmpEngine,
+    Udp6TransportTarget,
+    UdpTransportTarget,
+    UsmUserData,
+    get_cmd,
+)
+from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
+from pysnmp.hlapi.varbinds import CommandGeneratorVarBinds
+from pysnmp.proto.rfc1902 import ObjectName, OctetString
+from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
+from pysnmp.proto.rfc1905 import errorStatus as _error_status_type
+
+# ---------------------------------------------------------------------------------------------- OIDs
+Oid = tuple[int, ...]
+
+
+def _o(text: str) -> Oid:
+    return tuple(int(x) for x in text.split("."))
+
+
+SYS_UPTIME = _o("1.3.6.1.2.1.1.3")  # TimeTicks, 1/100 s; the .0 instance
+IF_COLUMNS: dict[str, Oid] = {
+    "name": _o("1.3.6.1.2.1.31.1.1.1.1"),  # ifName
+    "alias": _o("1.3.6.1.2.1.31.1.1.1.18"),  # ifAlias
+    "in_octets": _o("1.3.6.1.2.1.31.1.1.1.6"),  # ifHCInOctets
+    "out_octets": _o("1.3.6.1.2.1.31.1.1.1.10"),  # ifHCOutOctets
+    "high_speed": _o("1.3.6.1.2.1.31.1.1.1.15"),  # ifHighSpeed, Mbit/s
+    "admin_status": _o("1.3.6.1.2.1.2.2.1.7"),  # ifAdminStatus, 1 up
+    "oper_status": _o("1.3.6.1.2.1.2.2.1.8"),  # ifOperStatus, 1 up
+    "last_change": _o("1.3.6.1.2.1.2.2.1.9"),  # ifLastChange, TimeTicks (sysUpTime at the change)
+    "in_discards": _o("1.3.6.1.2.1.2.2.1.13"),  # ifInDiscards
+    "in_errors": _o("1.3.6.1.2.1.2.2.1.14"),  # ifInErrors
+    "out_errors": _o("1.3.6.1.2.1.2.2.1.20"),  # ifOutErrors
+}
+_MT = "1.3.6.1.4.1.14988.1.1.19.1.1"  # MIKROTIK-MIB mtxrOpticalEntry (anchors.md §8.1)
+MIKROTIK_OPTICAL_COLUMNS: dict[str, Oid] = {
+    "name": _o(f"{_MT}.2"),  # mtxrOpticalName, DisplayString
+    "rx_loss": _o(f"{_MT}.3"),  # mtxrOpticalRxLoss, BoolValue
+    "tx_fault": _o(f"{_MT}.4"),  # mtxrOpticalTxFault, BoolValue
+    "wavelength": _o(f"{_MT}.5"),  # mtxrOpticalWavelength, GDiv100 nm
+    "temperature": _o(f"{_MT}.6"),  # mtxrOpticalTemperature, °C
+    "voltage": _o(f"{_MT}.7"),  # mtxrOpticalSupplyVoltage, GDiv1000 V
+    "bias": _o(f"{_MT}.8"),  # mtxrOpticalTxBiasCurrent, mA
+    "tx_power": _o(f"{_MT}.9"),  # mtxrOpticalTxPower, IDiv1000 dBm
+    "rx_power": _o(f"{_MT}.10"),  # mtxrOpticalRxPower, IDiv1000 dBm
+    "vendor": _o(f"{_MT}.11"),  # mtxrOpticalVendorName, DisplayString
+}
+_ES = "1.3.6.1.2.1.99.1.1.1"  # ENTITY-SENSOR-MIB entPhySensorEntry (RFC 3433)
+ENTITY_SENSOR_COLUMNS: dict[str, Oid] = {
+    "type": _o(f"{_ES}.1"),  # entPhySensorType
+    "scale": _o(f"{_ES}.2"),  # entPhySensorScale, 9 = units, step 10^3
+    "precision": _o(f"{_ES}.3"),  # entPhySensorPrecision, decimal places
+    "value": _o(f"{_ES}.4"),  # entPhySensorValue
+    "oper_status": _o(f"{_ES}.5"),  # entPhySensorOperStatus, 1 ok
+    "units": _o(f"{_ES}.6"),  # entPhySensorUnitsDisplay
+}
+ENTITY_PHYSICAL_COLUMNS: dict[str, Oid] = {
+    "contained_in": _o("1.3.6.1.2.1.47.1.1.1.1.4"),  # entPhysicalContainedIn
+    "name": _o("1.3.6.1.2.1.47.1.1.1.1.7"),  # entPhysicalName
+}
+
+_Tables = dict[str, dict[Oid, dict[Oid, Any]]]  # table → column → index suffix → value
+
+OID_NAMES: dict[str, str] = {
+    ".".join(map(str, oid)): name
+    for prefix, cols in (
+        ("if", IF_COLUMNS),
+        ("mtxrOptical", MIKROTIK_OPTICAL_COLUMNS),
+        ("entPhySensor", ENTITY_SENSOR_COLUMNS),
+        ("entPhysical", ENTITY_PHYSICAL_COLUMNS),
+    )
+    for name, oid in [(f"{prefix}.{k}", v) for k, v in cols.items()]
+} | {"1.3.6.1.2.1.1.3": "sysUpTime"}
+
+# RFC 3433 EntitySensorDataType values we read; 14 is dBm in CISCO-ENTITY-SENSOR-MIB, which some vendors
+# also use in the standard table.
+_SENSOR_VOLTS_DC, _SENSOR_AMPERES, _SENSOR_WATTS, _SENSOR_CELSIUS, _SENSOR_OTHER, _SENSOR_DBM = 4, 5, 6, 8, 1, 14
+
+_FIRST_GUESS_ROWS = {"if": 4, "mikrotik": 1, "sensor": 8, "physical": 16}
+MAX_ROUNDS = 200  # GETBULK round trips per table: bounds a walk of a broken or enormous agent
+MAX_REPETITIONS = 25
+RECEIVE_BUFFER_BYTES = 4 << 20
+
+AUTH_PROTOCOLS = ("SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5")
+PRIV_PROTOCOLS = ("AES", "AES192", "AES256", "DES")
+
+
+_LCD = CommandGeneratorLcdConfigurator()  # its state lives in each engine, so one instance serves all
+_NULL = Null("")
+_ERROR_STATUS = {int(v): k for k, v in _error_status_type.namedValues.items()}
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True, kw_only=True)
+class SnmpSettings:
+    """How to reach one agent. Secrets are resolved values (the caller resolves inventory references) and
+    never appear in repr(); `version` "2c" needs `community`, "3" needs `user`, `auth_key`, `priv_key`
+    (authPriv only). AES is AES-128 (RFC 3826); AES192/AES256 use the key extension most vendors use."""
+
+    version: Literal["2c", "3"] = "2c"
+    port: int = 161
+    community: str | None = field(default=None, repr=False)
+    user: str | None = None
+    auth_protocol: str = "SHA"
+    auth_key: str | None = field(default=None, repr=False)
+    priv_protocol: str = "AES"
+    priv_key: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 1.0
+    retries: int = 1
+    max_varbinds: int = 60
+
+    def __post_init__(self) -> None:
+        if self.version not in ("2c", "3"):
+            raise ValueError(f"SNMP version {self.version!r}: use '2c' or '3'")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.version == "2c" and not self.community:
+            raise ValueError("SNMP v2c needs a community")
+        if self.version == "3":
+            if not self.user:
+                raise ValueError("SNMPv3 needs a user")
+            if not self.auth_key or not self.priv_key:
+                raise ValueError("SNMPv3 needs an auth key and a privacy key (authPriv)")
+            if self.auth_protocol.upper() not in AUTH_PROTOCOLS:
+                raise ValueError(f"SNMPv3 auth protocol {self.auth_protocol!r}: use one of {', '.join(AUTH_PROTOCOLS)}")
+            if self.priv_protocol.upper() not in PRIV_PROTOCOLS:
+                raise ValueError(
+                    f"SNMPv3 privacy protocol {self.priv_protocol!r}: use one of {', '.join(PRIV_PROTOCOLS)}"
+                )
+        if not 0 < self.timeout_seconds <= 60 or not 0 <= self.retries <= 5:
+            raise ValueError("timeout_seconds must be in (0, 60] and retries in 0..5")
+        if not 10 <= self.max_varbinds <= 1000:
+            raise ValueError("max_varbinds must be in 10..1000")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.community, self.auth_key, self.priv_key) if s)
+
+    @property
+    def worst_case_seconds(self) -> float:
+        """What one unanswered request costs."""
+        return self.timeout_seconds * (self.retries + 1)
+
+
+def settings_from_config(
+    cfg: Any, resolve: Any, *, timeout_seconds: float = 1.0, retries: int = 1, port: int | None = None
+) -> SnmpSettings:
+    """SnmpSettings from an inventory SNMP block (exporter.inventory.SnmpV2c / SnmpV3, read by attribute so
+    probes/ does not import the inventory), resolving each secret reference with `resolve`."""
+    if getattr(cfg, "version", None) == "3":
+        return SnmpSettings(
+            version="3",
+            port=port or cfg.port,
+            user=cfg.user,
+            auth_protocol=cfg.auth_protocol,
+            auth_key=resolve(cfg.auth_key),
+            priv_protocol=cfg.priv_protocol,
+            priv_key=resolve(cfg.priv_key),
+            timeout_seconds=timeout_seconds,
+            retries=retries,
+        )
+    return SnmpSettings(
+        version="2c",
+        port=port or cfg.port,
+        community=resolve(cfg.community),
+        timeout_seconds=timeout_seconds,
+        retries=retries,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class SnmpInterface:
+    index: int
+    name: str | None
+    alias: str | None
+    oper_up: bool | None
+    admin_up: bool | None
+    speed_bits_per_second: float | None  # ifHighSpeed × 1e6
+    in_octets: int | None  # ifHCInOctets, a counter
+    out_octets: int | None
+    in_errors: int | None
+    out_errors: int | None
+    in_discards: int | None
+    last_change_seconds: float | None  # agent uptime at the last status change (ifLastChange / 100)
+
+
+@dataclass(frozen=True)
+class SnmpOptic:
+    index: int
+    name: str | None
+    rx_power_dbm: float | None
+    tx_power_dbm: float | None
+    temperature_celsius: float | None
+    bias_amperes: float | None
+    voltage_volts: float | None
+    wavelength_meters: float | None
+    rx_loss: bool | None
+    tx_fault: bool | None
+    vendor: str | None
+    source: str = "mikrotik"  # or "entity-sensor"
+
+
+@dataclass(frozen=True)
+class SnmpResult:
+    target: str
+    success: bool
+    error: str | None
+    uptime_seconds: float | None
+    interfaces: tuple[SnmpInterface, ...]
+    optics: tuple[SnmpOptic, ...]
+    duration_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["interfaces"] = [asdict(i) for i in self.interfaces]
+        d["optics"] = [asdict(o) for o in self.optics]
+        return d
+
+
+class SnmpError(Exception):
+    """A poll that could not complete; the message is for people and holds no secret."""
+
+
+# ---------------------------------------------------------------------------------------------- poller
+@dataclass
+class _Agent:
+    key: tuple[str, int]
+    transport: Any
+    semaphore: asyncio.Semaphore
+
+
+class SnmpPoller:
+    """Polls many agents from one event loop. Use `async with SnmpPoller() as p: await p.poll_many([...])`.
+
+    `max_per_agent` requests may be in flight to one agent (a router drops what it cannot queue), and
+    `max_in_flight` in all, so a CPU-bound loop does not leave answers waiting in the socket past their
+    timeout. A dead agent holds one of those slots for its own timeout and nothing else.
+    """
+
+    def __init__(self, *, max_per_agent: int = 2, max_in_flight: int = 32):
+        if max_per_agent < 1 or max_in_flight < 1:
+            raise ValueError("max_per_agent and max_in_flight must be at least 1")
+        self.max_per_agent = max_per_agent
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._engine: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._agents: dict[tuple[str, int, float, int], _Agent] = {}
+        self._semaphores: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._engine_ids: dict[tuple[str, int], bytes] = {}  # used for v3 requests
+        self._reported_ids: dict[tuple[str, int], bytes] = {}  # last seen in any Report
+        self._master_keys: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
+        self._rows_seen: dict[tuple[tuple[str, int], str], int] = {}
+        self._bulk_gen = BulkCommandGeneratorSingleRun()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._start_lock = asyncio.Lock()
+        self._ready = False
+
+    # -- life cycle
+    async def start(self) -> None:
+        """Make the engine on the running loop, warm it up and open its sockets (idempotent)."""
+        async with self._start_lock:
+            if self._ready:
+                return
+            self._loop = asyncio.get_running_loop()
+            self._engine = SnmpEngine()
+            self._engine.observer.register_observer(self._on_report, "rfc3412.prepareDataElements:internal")
+            self._warm_up()
+            await self._open_transports()
+            self._ready = True
+
+    async def close(self) -> None:
+        """Stop reading, let answers already read be handled, then close. Polls still waiting fail with
+        "poller closed" instead of hanging (pysnmp stops its timeout timer when its dispatcher closes)."""
+        if self._engine is None:
+            return
+        engine, self._engine, self._ready = self._engine, None, False
+        dispatcher = engine.transport_dispatcher
+        for domain in (_udp.DOMAIN_NAME, _udp6.DOMAIN_NAME):
+            with contextlib.suppress(Exception):
+                dispatcher.get_transport(domain).transport.close()  # no more reads from the socket
+        for _ in range(3):  # datagrams already read are queued callbacks: run them while still registered
+            await asyncio.sleep(0)
+        with contextlib.suppress(Exception):
+            engine.close_dispatcher()
+        for future in list(self._pending):
+            if not future.done():
+                future.set_exception(SnmpError("the SNMP poller was closed"))
+        self._agents.clear()
+
+    async def __aenter__(self) -> SnmpPoller:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _warm_up(self) -> None:
+        """Pay pysnmp's one-time costs now rather than in the first village's timeout: the MIB view used to
+        build varbinds, the USM and privacy modules, the AES cipher import. Sends nothing."""
+        CommandGeneratorVarBinds().make_varbinds(self._engine.cache, (ObjectType(ObjectIdentity("1.3.6.1.2.1.1.3.0")),))
+        for name in ("SNMP-USER-BASED-SM-MIB", "PYSNMP-USM-MIB", "SNMP-TARGET-MIB", "SNMP-COMMUNITY-MIB"):
+            with contextlib.suppress(Exception):
+                self._engine.get_mib_builder().load_modules(name)
+        with contextlib.suppress(Exception):
+            _config.PRIV_SERVICES[_config.USM_PRIV_CFB128_AES].hash_passphrase(_config.USM_AUTH_HMAC96_SHA, b"warm-up!")
+            from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: F401
+
+    async def _open_transports(self) -> None:
+        """Open the engine's UDP sockets now, with a receive buffer for a whole district's answers.
+
+        Answers to every request in flight can arrive while the loop is busy decoding (pysnmp spends a few
+        ms per answer); the kernel's default buffer (rmem_default, ~208 KB) holds about a hundred of them
+        and drops the rest, which then look like timeouts. The kernel caps the size at rmem_max."""
+        for domain, cls in (
+            (_udp.DOMAIN_NAME, _udp.UdpAsyncioTransport),
+            (_udp6.DOMAIN_NAME, _udp6.Udp6AsyncioTransport),
+        ):
+            transport = None
+            try:
+                transport = cls().open_client_mode()
+                for _ in range(200):  # bounded: the datagram endpoint is made by a task on this loop
+                    if transport.transport is not None:
+                        break
+                    await asyncio.sleep(0.005)
+                sock = transport.transport.get_extra_info("socket") if transport.transport is not None else None
+                if sock is None:
+                    transport.close_transport()
+                    continue
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+                _config.add_transport(self._engine, domain, transport)
+            except Exception:  # no IPv6 here, say: pysnmp opens what it needs on first use
+                if transport is not None:
+                    with contextlib.suppress(Exception):
+                        transport.close_transport()
+
+    # -- public
+    async def poll(self, target: str, settings: SnmpSettings) -> SnmpResult:
+        t0 = time.monotonic()
+        if not self._ready:
+            await self.start()
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError("an SnmpPoller belongs to the event loop that started it (pysnmp engines cannot move)")
+        try:
+            uptime, interfaces, optics = await self._poll(target, settings)
+        except SnmpError as exc:
+            return SnmpResult(target, False, _scrub(str(exc), settings), None, (), (), time.monotonic() - t0)
+        except Exception as exc:  # a pysnmp or decoding bug must cost one village, not the poll loop
+            msg = f"SNMP failure: {type(exc).__name__}: {exc}"
+            return SnmpResult(target, False, _scrub(msg, settings), None, (), (), time.monotonic() - t0)
+        return SnmpResult(target, True, None, uptime, interfaces, optics, time.monotonic() - t0)
+
+    async def poll_many(self, items: Iterable[tuple[str, SnmpSettings]]) -> list[SnmpResult]:
+        """Poll every (target, settings) concurrently; results in the same order."""
+        if not self._ready:
+            await self.start()
+        return list(await asyncio.gather(*(self.poll(t, s) for t, s in items)))
+
+    # -- one poll
+    async def _poll(
+        self, target: str, s: SnmpSettings
+    ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]]:
+        agent = await self._agent(target, s)
+        auth, fresh = await self._auth(agent, s)
+        try:
+            return await self._collect(agent, auth, s)
+        except SnmpTimeout:
+            if s.version != "3":
+                raise
+            # An authPriv request that gets no answer: net-snmp (and RFC 3414 agents generally) drop what they
+            # cannot decrypt, so a wrong privacy key looks like a dead agent. Discovery is not encrypted: if
+            # the agent answers that, it is alive and the key or protocol is wrong. It costs a dead agent one
+            # more timeout (its own), and only when it has just gone quiet.
+            self._engine_ids.pop(agent.key, None)
+            if not fresh:
+                quick = await self._agent(target, replace(s, retries=0))
+                try:
+                    await self._discover(quick, s)
+                except SnmpError:
+                    raise SnmpTimeout(_timeout_words(s)) from None
+            raise SnmpError(
+                f"the agent answers SNMPv3 discovery but not the encrypted request (no answer within "
+                f"{s.worst_case_seconds:g} s): wrong privacy key or privacy protocol ({s.priv_protocol})?"
+            ) from None
+        except SnmpStale:
+            self._engine_ids.pop(agent.key, None)  # learn the engine ID again on the next poll
+            raise
+
+    async def _collect(
+        self, agent: _Agent, auth: Any, s: SnmpSettings
+    ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]]:
+        tables, scalars = await self._walk_all(agent, auth, s)
+        up = scalars.get((*SYS_UPTIME, 0))
+        uptime = None if up is None else int(up) / 100.0
+        optics = _mikrotik_optics(tables["mikrotik"])
+        if not optics and "sensor" in tables:
+            optics = _entity_optics(tables["sensor"], tables.get("physical", {}))
+        return uptime, _interfaces(tables["if"]), optics
+
+    async def _walk_all(self, agent: _Agent, auth: Any, s: SnmpSettings) -> tuple[_Tables, dict[Oid, Any]]:
+        # Two small GETBULKs side by side (the agent allows max_per_agent in flight): the interfaces with
+        # sysUpTime, and the MikroTik optical table. A dead agent costs one timeout, not two.
+        (if_tables, scalars), (mt_tables, _) = await asyncio.gather(
+            self._walk(agent, auth, s, "if", list(IF_COLUMNS.values()), nonrepeaters=[SYS_UPTIME]),
+            self._walk(agent, auth, s, "mikrotik", list(MIKROTIK_OPTICAL_COLUMNS.values())),
+        )
+        tables: _Tables = {"if": if_tables, "mikrotik": mt_tables}
+        if not _mikrotik_optics(mt_tables):
+            tables["sensor"], _ = await self._walk(agent, auth, s, "sensor", list(ENTITY_SENSOR_COLUMNS.values()))
+            if any(tables["sensor"].values()):
+                tables["physical"], _ = await self._walk(
+                    agent, auth, s, "physical", list(ENTITY_PHYSICAL_COLUMNS.values())
+                )
+        return tables, scalars
+
+    async def _walk(
+        self,
+        agent: _Agent,
+        auth: Any,
+        s: SnmpSettings,
+        table: str,
+        columns: Sequence[Oid],
+        nonrepeaters: Sequence[Oid] = (),
+    ) -> tuple[dict[Oid, dict[Oid, Any]], dict[Oid, Any]]:
+        """Walk table columns side by side with GETBULK, each column only within its own subtree.
+
+        The first request asks for one row more than this agent's table had last time, so a table that did
+        not grow is read, end included, in one round trip. Returns {column: {index suffix: value}} and
+        {non-repeater OID returned: value}."""
+        tables: dict[Oid, dict[Oid, Any]] = {c: {} for c in columns}
+        cursor: dict[Oid, Oid] = {c: c for c in columns}
+        active = list(columns)
+        scalars: dict[Oid, Any] = {}
+        nonrep = list(nonrepeaters)
+        budget = s.max_varbinds
+        hint = self._rows_seen.get((agent.key, table), _FIRST_GUESS_ROWS.get(table, 4)) + 1
+        for _ in range(MAX_ROUNDS):
+            if not active:
+                break
+            reps = max(1, min(MAX_REPETITIONS, hint, (budget - len(nonrep)) // len(active)))
+            hint = MAX_REPETITIONS
+            try:
+                vbs = await self._bulk(agent, auth, s, len(nonrep), reps, nonrep + [cursor[c] for c in active])
+            except _TooBig:
+                if budget <= 10:
+                    raise SnmpError("the agent finds even small responses too big") from None
+                budget = max(10, budget // 2)
+                continue
+            for name, val in vbs[: len(nonrep)]:
+                if not isinstance(val, EndOfMibView | NoSuchObject | NoSuchInstance):
+                    scalars[tuple(name)] = val
+            rows = vbs[len(nonrep) :]
+            nonrep = []
+            if not rows:
+                break
+            done: set[Oid] = set()
+            for i, (name, val) in enumerate(rows):
+                col = active[i % len(active)]
+                if col in done:
+                    continue
+                oid = tuple(name)
+                if (
+                    isinstance(val, EndOfMibView | NoSuchObject | NoSuchInstance)
+                    or oid[: len(col)] != col
+                    or len(oid) == len(col)
+                    or oid <= cursor[col]  # an agent that does not move forward would loop for ever
+                ):
+                    done.add(col)
+                    continue
+                tables[col][oid[len(col) :]] = val
+                cursor[col] = oid
+            active = [c for c in active if c not in done]
+        else:
+            raise SnmpError(f"walk did not finish in {MAX_ROUNDS} requests")
+        self._rows_seen[(agent.key, table)] = max((len(t) for t in tables.values()), default=0)
+        return tables, scalars
+
+    async def _bulk(
+        self, agent: _Agent, auth: Any, s: SnmpSettings, nonrep: int, reps: int, oids: Sequence[Oid]
+    ) -> list[tuple[Any, Any]]:
+        """One GETBULK. This is hlapi's bulk_cmd without its per-varbind MIB resolution of the request (a
+        large share of the CPU of a poll when profiled, and useless with numeric OIDs)."""
+        varbinds = [(ObjectName(o), _NULL) for o in oids]
+        async with agent.semaphore, self._in_flight:
+            addr_name, _params = _LCD.configure(self._engine, auth, agent.transport, b"")
+            future: asyncio.Future[tuple[Any, int, int, Any]] = asyncio.get_running_loop().create_future()
+
+            def done(_engine: Any, _handle: Any, ei: Any, es: Any, ex: Any, vbs: Any, _ctx: Any) -> None:
+                if not future.done():
+                    future.set_result((ei, int(es or 0), int(ex or 0), vbs))
+
+            self._bulk_gen.send_varbinds(self._engine, addr_name, None, b"", nonrep, reps, varbinds, done)
+            self._pending.add(future)
+            try:
+                # pysnmp times the request out itself; this bound only guards against a lost callback.
+                ei, es, ex, vbs = await asyncio.wait_for(future, s.worst_case_seconds + 5)
+            except TimeoutError:
+                raise SnmpTimeout(_timeout_words(s)) from None
+            finally:
+                self._pending.discard(future)
+        if ei:
+            raise _indication_error(ei, s)
+        if es:
+            status = _ERROR_STATUS.get(es, str(es))
+            if status == "tooBig":
+                raise _TooBig()
+            raise SnmpError(f"the agent answered with error {status} (at varbind {ex})")
+        return list(vbs)
+
+    # -- agents, auth
+    async def _agent(self, target: str, s: SnmpSettings) -> _Agent:
+        key = (target, s.port, s.timeout_seconds, s.retries)
+        agent = self._agents.get(key)
+        if agent is not None:
+            return agent
+        try:
+            v6 = ipaddress.ip_address(target).version == 6
+        except ValueError:
+            v6 = False
+        cls = Udp6TransportTarget if v6 else UdpTransportTarget
+        try:
+            transport = await cls.create((target, s.port), timeout=s.timeout_seconds, retries=s.retries)
+        except Exception as exc:
+            raise SnmpError(f"cannot resolve {target}: {exc}") from None
+        addr = transport.transport_address
+        akey = (str(addr[0]), int(addr[1]))
+        sem = self._semaphores.setdefault(akey, asyncio.Semaphore(self.max_per_agent))
+        agent = self._agents[key] = _Agent(akey, transport, sem)
+        return agent
+
+    async def _auth(self, agent: _Agent, s: SnmpSettings) -> tuple[Any, bool]:
+        if s.version == "2c":
+            return CommunityData(s.community, mpModel=1), False
+        fresh = False
+        engine_id = self._engine_ids.get(agent.key)
+        if engine_id is None:
+            engine_id = await self._discover(agent, s)
+            fresh = True
+        auth_proto = _AUTH_PROTOCOL_IDS[s.auth_protocol.upper()]
+        priv_proto = _PRIV_PROTOCOL_IDS[s.priv_protocol.upper()]
+        ku_auth, ku_priv = self._master(s, auth_proto, priv_proto)
+        auth = UsmUserData(
+            s.user,
+            ku_auth,
+            ku_priv,
+            authProtocol=auth_proto,
+            privProtocol=priv_proto,
+            securityEngineId=OctetString(engine_id),
+            authKeyType=_config.USM_KEY_TYPE_MASTER,
+            privKeyType=_config.USM_KEY_TYPE_MASTER,
+        )
+        return auth, fresh
+
+    def _master(self, s: SnmpSettings, auth_proto: Any, priv_proto: Any) -> tuple[bytes, bytes]:
+        assert s.auth_key is not None and s.priv_key is not None
+        key = (s.auth_protocol.upper(), s.auth_key, s.priv_protocol.upper(), s.priv_key)
+        got = self._master_keys.get(key)
+        if got is None:
+            ku_auth = _config.AUTH_SERVICES[auth_proto].hash_passphrase(s.auth_key.encode())
+            ku_priv = _config.PRIV_SERVICES[priv_proto].hash_passphrase(auth_proto, s.priv_key.encode())
+            got = self._master_keys[key] = (bytes(ku_auth), bytes(ku_priv))
+        return got
+
+    async def _discover(self, agent: _Agent, s: SnmpSettings) -> bytes:
+        """The agent's snmpEngineID, from the Report it sends to an unauthenticated request (RFC 3414 §4)."""
+        self._reported_ids.pop(agent.key, None)
+        async with agent.semaphore, self._in_flight:
+            request = get_cmd(
+                self._engine,
+                UsmUserData("desanet-discovery"),
+                agent.transport,
+                ContextData(),
+                ObjectType(ObjectIdentity((*SYS_UPTIME, 0))),
+                lookupMib=False,
+            )
+            try:
+                ei, _es, _ex, _vbs = await asyncio.wait_for(request, s.worst_case_seconds + 5)
+            except TimeoutError:
+                raise SnmpTimeout(_timeout_words(s, "SNMPv3 discovery")) from None
+        engine_id = self._reported_ids.get(agent.key)
+        if engine_id:
+            self._engine_ids[agent.key] = engine_id
+            return engine_id
+        if ei:
+            raise _indication_error(ei, s, during="SNMPv3 discovery")
+        raise SnmpError("the agent did not tell its SNMPv3 engine ID")
+
+    def _on_report(self, _engine: Any, _point: str, variables: dict[str, Any], _ctx: Any) -> None:
+        addr = variables.get("transportAddress")
+        eid = variables.get("securityEngineId")
+        if addr is not None and eid is not None:
+            raw = bytes(eid.asOctets() if hasattr(eid, "asOctets") else eid)
+            if raw:
+                self._reported_ids[(str(addr[0]), int(addr[1]))] = raw
+
+
+# ---------------------------------------------------------------------------------------------- module API
+_default_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SnmpPoller] = weakref.WeakKeyDictionary()
+
+
+async def probe(target: str, settings: SnmpSettings, poller: SnmpPoller | None = None) -> SnmpResult:
+    """Poll one agent. Without a poller, one per event loop is made on first use and kept for the loop's life
+    (callers that own a loop, like the exporter, should pass their own and close it)."""
+    if poller is None:
+        loop = asyncio.get_running_loop()
+        poller = _default_pollers.get(loop)
+        if poller is None:
+            poller = _default_pollers[loop] = SnmpPoller()
+            await poller.start()
+    return await poller.poll(target, settings)
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def _interfaces(tables: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpInterface, ...]:
+    col = {k: tables.get(oid, {}) for k, oid in IF_COLUMNS.items()}
+    indexes = sorted({idx for values in col.values() for idx in values if len(idx) == 1})
+    out = []
+    for idx in indexes:
+
+        def num(k: str, idx: Oid = idx) -> int | None:
+            return _int(col[k].get(idx))
+
+        speed = num("high_speed")
+        last = num("last_change")
+        admin, oper = num("admin_status"), num("oper_status")
+        out.append(
+            SnmpInterface(
+                index=idx[0],
+                name=_text(col["name"].get(idx)),
+                alias=_text(col["alias"].get(idx)),
+                oper_up=None if oper is None else oper == 1,
+                admin_up=None if admin is None else admin == 1,
+                speed_bits_per_second=None if speed is None else speed * 1e6,
+                in_octets=num("in_octets"),
+                out_octets=num("out_octets"),
+                in_errors=num("in_errors"),
+                out_errors=num("out_errors"),
+                in_discards=num("in_discards"),
+                last_change_seconds=None if last is None else last / 100.0,
+            )
+        )
+    return tuple(out)
+
+
+def _mikrotik_optics(tables: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpOptic, ...]:
+    col = {k: tables.get(oid, {}) for k, oid in MIKROTIK_OPTICAL_COLUMNS.items()}
+    indexes = sorted({idx for values in col.values() for idx in values if len(idx) == 1})
+    out = []
+    for idx in indexes:
+
+        def num(k: str, idx: Oid = idx) -> int | None:
+            return _int(col[k].get(idx))
+
+        def scaled(k: str, factor: float) -> float | None:
+            v = num(k)
+            return None if v is None else v * factor
+
+        rx_loss, tx_fault = num("rx_loss"), num("tx_fault")
+        out.append(
+            SnmpOptic(
+                index=idx[0],
+                name=_text(col["name"].get(idx)),
+                rx_power_dbm=scaled("rx_power", 1e-3),  # IDiv1000: -18000 is -18.000 dBm
+                tx_power_dbm=scaled("tx_power", 1e-3),
+                temperature_celsius=scaled("temperature", 1.0),
+                bias_amperes=scaled("bias", 1e-3),  # mA
+                voltage_volts=scaled("voltage", 1e-3),  # GDiv1000
+                wavelength_meters=scaled("wavelength", 1e-11),  # GDiv100 nm: 131000 is 1310.00 nm
+                rx_loss=None if rx_loss is None else rx_loss == 1,
+                tx_fault=None if tx_fault is None else tx_fault == 1,
+                vendor=_text(col["vendor"].get(idx)),
+                source="mikrotik",
+            )
+        )
+    return tuple(out)
+
+
+def sensor_value(value: int, scale: int, precision: int) -> float:
+    """RFC 3433: the reading is value × 10^(3·(scale − 9)) / 10^precision (scale 9 is 'units')."""
+    return value * 10.0 ** (3 * (scale - 9) - precision)
+
+
+def _entity_optics(sensors: dict[Oid, dict[Oid, Any]], phys: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpOptic, ...]:
+    """Best effort for non-MikroTik agents: group the sensors of one transceiver (by entPhysicalContainedIn)
+    and keep the groups that measure optical power. Rx and Tx are told apart by the sensor's name."""
+    col = {k: sensors.get(oid, {}) for k, oid in ENTITY_SENSOR_COLUMNS.items()}
+    names = {idx[0]: _text(v) for idx, v in phys.get(ENTITY_PHYSICAL_COLUMNS["name"], {}).items() if len(idx) == 1}
+    parents = {
+        idx[0]: _int(v) for idx, v in phys.get(ENTITY_PHYSICAL_COLUMNS["contained_in"], {}).items() if len(idx) == 1
+    }
+    groups: dict[int, dict[str, float]] = {}
+    for idx in sorted(i for i in col["value"] if len(i) == 1):
+        n = idx[0]
+        typ, value = _int(col["type"].get(idx)), _int(col["value"].get(idx))
+        status = _int(col["oper_status"].get(idx))
+        if typ is None or value is None or status not in (None, 1):
+            continue
+        reading = sensor_value(value, _int(col["scale"].get(idx)) or 9, _int(col["precision"].get(idx)) or 0)
+        units = (_text(col["units"].get(idx)) or "").lower()
+        label = (names.get(n) or "").lower()
+        kind: str | None = None
+        if typ == _SENSOR_CELSIUS:
+            kind = "temperature"
+        elif typ == _SENSOR_VOLTS_DC:
+            kind = "voltage"
+        elif typ == _SENSOR_AMPERES:
+            kind = "bias"
+        elif typ in (_SENSOR_WATTS, _SENSOR_DBM) or (typ == _SENSOR_OTHER and "dbm" in units):
+            if typ == _SENSOR_WATTS:
+                if reading <= 0:
+                    continue
+                reading = 10 * math.log10(reading * 1000)
+            if any(w in label for w in ("rx", "receive", "input")):
+                kind = "rx"
+            elif any(w in label for w in ("tx", "transmit", "output")):
+                kind = "tx"
+        if kind is None:
+            continue
+        group = parents.get(n) or n
+        groups.setdefault(group, {})[kind] = reading
+    out = []
+    for group, g in sorted(groups.items()):
+        if "rx" not in g and "tx" not in g:
+            continue  # a chassis thermometer is not an optic
+        out.append(
+            SnmpOptic(
+                index=group,
+                name=names.get(group),
+                rx_power_dbm=g.get("rx"),
+                tx_power_dbm=g.get("tx"),
+                temperature_celsius=g.get("temperature"),
+                bias_amperes=g.get("bias"),
+                voltage_volts=g.get("voltage"),
+                wavelength_meters=None,
+                rx_loss=None,
+                tx_fault=None,
+                vendor=None,
+                source="entity-sensor",
+            )
+        )
+    return tuple(out)
+
+
+def _int(v: Any) -> int | None:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    raw = v.asOctets() if hasattr(v, "asOctets") else str(v).encode()
+    return raw.decode("utf-8", "replace").rstrip("\x00")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class _TooBig(Exception):
+    pass
+
+
+class SnmpTimeout(SnmpError):
+    """No answer within timeout × (retries + 1)."""
+
+
+class SnmpStale(SnmpError):
+    """The agent's SNMPv3 engine ID or clock is not what we had; the next poll learns them again."""
+
+
+def _timeout_words(s: SnmpSettings, during: str | None = None) -> str:
+    where = f" during {during}" if during else ""
+    hint = "is the agent up and reachable" + (", and is the community right?" if s.version == "2c" else "?")
+    return (
+        f"no SNMP answer{where} within {s.worst_case_seconds:g} s ({s.retries + 1} tries of "
+        f"{s.timeout_seconds:g} s): {hint}"
+    )
+
+
+def _indication_error(ei: Any, s: SnmpSettings, during: str | None = None) -> SnmpError:
+    kind = type(ei).__name__
+    if kind == "RequestTimedOut":
+        return SnmpTimeout(_timeout_words(s, during))
+    if kind in ("UnknownEngineID", "NotInTimeWindow"):
+        return SnmpStale(
+            "the agent's SNMPv3 engine ID or clock changed (restarted or replaced?); it is learned again on the "
+            f"next poll ({kind})"
+        )
+    words = {
+        "WrongDigest": f"SNMPv3 authentication failed (wrong digest): wrong auth key or protocol ({s.auth_protocol})",
+        "UnknownUserName": f"SNMPv3 user {s.user!r} is unknown to the agent",
+        "UnsupportedSecLevel": f"the agent does not allow authPriv for SNMPv3 user {s.user!r}",
+        "DecryptionError": "SNMPv3 decryption failed: wrong privacy key or privacy protocol",
+        "EncryptionError": "SNMPv3 privacy is unavailable here: install the 'cryptography' package",
+        "UnknownSecurityName": f"SNMPv3 user {s.user!r} is not configured here",
+    }
+    where = f" during {during}" if during else ""
+    return SnmpError(words.get(kind, f"SNMP error{where}: {ei}"))
+
+
+def _scrub(message: str, s: SnmpSettings) -> str:
+    for secret in s.secrets:
+        message = message.replace(secret, "<secret>")
+    return message
+
+
+_AUTH_PROTOCOL_IDS = {
+    "SHA": _config.USM_AUTH_HMAC96_SHA,
+    "SHA224": _config.USM_AUTH_HMAC128_SHA224,
+    "SHA256": _config.USM_AUTH_HMAC192_SHA256,
+    "SHA384": _config.USM_AUTH_HMAC256_SHA384,
+    "SHA512": _config.USM_AUTH_HMAC384_SHA512,
+    "MD5": _config.USM_AUTH_HMAC96_MD5,
+}
+# AES is RFC 3826 AES-128. For 192/256 bits there are two key extensions; the Reeder one (pysnmp's
+# USM_PRIV_CFB256_AES) is what Cisco and most vendors ship, net-snmp's own AES-256 uses Blumenthal's.
+_PRIV_PROTOCOL_IDS = {
+    "AES": _config.USM_PRIV_CFB128_AES,
+    "AES192": _config.USM_PRIV_CFB192_AES,
+    "AES256": _config.USM_PRIV_CFB256_AES,
+    "DES": _config.USM_PRIV_CBC56_DES,
+}
