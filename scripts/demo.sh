@@ -14,10 +14,10 @@ export DESANET_SNMP_AUTH_KEY=${DESANET_SNMP_AUTH_KEY:-desanet-lab-auth}
 export DESANET_SNMP_PRIV_KEY=${DESANET_SNMP_PRIV_KEY:-desanet-lab-priv}
 
 desanet lab up
-desanet lab impair pesanggaran --restore --delay 30 --jitter 25 --up-delay 10     # a congested last mile
+desanet lab impair pesanggaran --restore --delay 60 --jitter 50 --up-delay 10     # a congested last mile
 desanet lab impair sarongan --restore --loss 4 --up-loss 4                         # a dirty connector
 desanet lab impair kalibaru-manis --restore --rate 1 --up-rate 1                   # a throttled link
-desanet lab impair --kecamatan Wongsorejo --restore --delay 40 --jitter 5          # a degraded kecamatan uplink
+desanet lab impair --kecamatan Wongsorejo --restore --delay 120 --jitter 10        # a degraded kecamatan uplink
 desanet lab impair bajulmati --restore --down                                       # a cut fibre
 desanet lab status
 
