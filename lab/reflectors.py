@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--endpoints", type=Path, required=True, help="JSON list of [namespace, address, port]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reflectors %(levelname)s %(message)s")
-    endpoints = [tuple(e) for e in json.loads(args.endpoints.read_text())]
-    asyncio.run(serve(endpoints))  # type: ignore[arg-type]
+    endpoints = [(str(ns), str(addr), int(port)) for ns, addr, port in json.loads(args.endpoints.read_text())]
+    asyncio.run(serve(endpoints))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,261 @@
+"""`desanet serve` on the lab, scraped by a real Prometheus (Debian package), both in the NOC namespace.
+
+What a NOC relies on: impaired villages show up in Prometheus with the right figures and video_ready 0,
+clean ones with 1; the live scrape is promtool-clean; /probe refuses what the inventory does not name;
+a broken inventory on reload is refused and the old one kept serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+EXPORTER = "127.0.0.1:19917"
+PROM = "127.0.0.1:19090"
+
+
+def fast_inventory(tmp: Path) -> Path:
+    """The shipped inventory with short intervals, so a test sees windows fill in seconds."""
+    text = (ROOT / "inventory.yaml").read_text()
+    text = re.sub(r"  icmp: \{.*\}", "  icmp: {interval_seconds: 0.2, window_seconds: 10, timeout_seconds: 1}", text)
+    text = re.sub(r"  stamp: \{.*\}", "  stamp: {every_seconds: 10, duration_seconds: 2, rate_pps: 50}", text)
+    text = re.sub(r"  snmp: \{every_seconds.*\}", "  snmp: {every_seconds: 5, timeout_seconds: 1, retries: 0}", text)
+    path = tmp / "inventory.yaml"
+    path.write_text(text)
+    return path
+
+
+class Running:
+    def __init__(self, lab: Lab, inventory: Path, proc: subprocess.Popen[str], prom: subprocess.Popen[str]):
+        self.lab, self.inventory, self.proc, self.prom = lab, inventory, proc, prom
+
+    def get(self, path: str, timeout: float = 20) -> tuple[int, str]:
+        out = self.lab.noc(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/stdout",
+            "-w",
+            "\n%{http_code}",
+            "-m",
+            str(timeout),
+            f"http://{EXPORTER}{path}",
+            timeout=timeout + 5,
+        )
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def post(self, path: str) -> tuple[int, str]:
+        out = self.lab.noc("curl", "-s", "-X", "POST", "-w", "\n%{http_code}", f"http://{EXPORTER}{path}", timeout=30)
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        q = urllib.parse.urlencode({"query": expr})
+        out = self.lab.noc("curl", "-s", f"http://{PROM}/api/v1/query?{q}", timeout=15)
+        data = json.loads(out.stdout)
+        assert data["status"] == "success", data
+        result: list[dict[str, Any]] = data["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> dict[str, float]:
+        return {r["metric"].get("village", ""): float(r["value"][1]) for r in self.query(expr)}
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    if shutil.which("prometheus") is None:
+        pytest.skip("needs prometheus (scripts/setup.sh)")
+    tmp = tmp_path_factory.mktemp("exporter")
+    inventory = fast_inventory(tmp)
+    env = {**lab.env, "DESANET_STATE_DIR": str(tmp / "state")}
+    # A clean village, a jittery one, a lossy one, a throttled one and a cut one.
+    lab.impair("pesanggaran", "--restore", "--delay", "60", "--jitter", "50")
+    lab.impair("sarongan", "--restore", "--loss", "8", "--up-loss", "8")
+    lab.impair("bajulmati", "--restore", "--down")
+    with open(tmp / "serve.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.noc_ns,
+                sys.executable,
+                "-m",
+                "exporter.cli",
+                "serve",
+                "--inventory",
+                str(inventory),
+                "--web.listen-address",
+                EXPORTER,
+                "--probes",
+                "icmp,snmp,stamp",
+            ],
+            env=env,
+            text=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    (tmp / "prometheus.yml").write_text(
+        "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
+        f"scrape_configs:\n  - job_name: desanet\n    static_configs: [{{targets: ['{EXPORTER}']}}]\n"
+    )
+    with open(tmp / "prom.log", "w") as log:
+        prom = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.noc_ns,
+                "prometheus",
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address={PROM}",
+                "--web.enable-lifecycle",
+            ],
+            text=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    r = Running(lab, inventory, proc, prom)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if r.value('up{job="desanet"}').get("") == 1 and r.value("desanet_video_ready"):
+                    break
+            except (json.JSONDecodeError, AssertionError):
+                pass
+            time.sleep(1)
+        time.sleep(14)  # a full ICMP window and a STAMP round
+        yield r
+    finally:
+        _stop(proc)
+        _stop(prom)
+        for slug in ("pesanggaran", "sarongan", "bajulmati"):
+            lab.restore(slug)
+        print((tmp / "serve.log").read_text()[-3000:])
+
+
+def test_prometheus_sees_verdicts_that_match_the_impairments(running: Running) -> None:
+    ready = running.value('desanet_video_ready{profile="meet-hd"}')
+    assert ready["kabat"] == 1 and ready["licin"] == 1
+    assert ready["pesanggaran"] == 0 and ready["sarongan"] == 0 and ready["bajulmati"] == 0
+    limiting = {
+        r["metric"]["village"]: r["metric"]["factor"]
+        for r in running.query('desanet_video_limiting_info{profile="meet-hd"}')
+    }
+    assert limiting["sarongan"] in ("loss", "burst_loss")
+    assert limiting["pesanggaran"] in ("jitter", "rtt")
+
+
+def test_figures_in_prometheus_match_the_lab(running: Running) -> None:
+    loss = running.value('desanet_loss_ratio{method="icmp",direction="round_trip"}')
+    assert loss["bajulmati"] == 1
+    assert 0.05 < loss["sarongan"] < 0.30  # 1 - 0.92² = 15 %, over a 50-echo window
+    assert loss["kabat"] == 0
+    p50 = running.value('desanet_rtt_window_seconds{method="icmp",statistic="p50"}')
+    assert 0.055 < p50["pesanggaran"] < 0.07  # 60 ± 50 ms uniform: median 60 ms
+    assert p50["kabat"] < 0.002
+    # STAMP splits the direction: the jitter was imposed toward the village only.
+    fwd = running.value('desanet_jitter_seconds{method="stamp",direction="down"}')
+    bwd = running.value('desanet_jitter_seconds{method="stamp",direction="up"}')
+    assert fwd["pesanggaran"] > 0.01 and bwd["pesanggaran"] < 0.002
+    # SNMP: counters and uptime from each village's real snmpd.
+    assert running.value("desanet_router_uptime_seconds")["kabat"] > 0
+    assert running.value('desanet_probe_success{probe="snmp"}')["bajulmati"] == 0
+
+
+def test_live_scrape_passes_promtool(running: Running) -> None:
+    code, body = running.get("/metrics")
+    assert code == 200
+    proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_probe_endpoint_refuses_targets_outside_the_inventory(running: Running) -> None:
+    before = running.lab.noc("cat", "/proc/net/snmp").stdout
+    code, body = running.get("/probe?target=10.115.1.1&module=icmp")
+    assert code == 400 and "inventory" in body
+    code, body = running.get("/probe?target=8.8.8.8&module=icmp")
+    assert code == 400
+    code, _ = running.get("/probe?target=kabat&module=nosuch")
+    assert code == 400
+    assert before  # the NOC's counters are read only to show the request reached the exporter's namespace
+    code, body = running.get("/probe?target=kabat&module=icmp")
+    assert code == 200 and "probe_success 1" in body
+
+
+def test_reload_with_a_broken_inventory_keeps_the_old_one(running: Running) -> None:
+    good = running.inventory.read_text()
+    try:
+        running.inventory.write_text(good.replace("kecamatan: Licin", "kecamatan: Nowhere"))
+        code, body = running.post("/-/reload")
+        assert code == 500 and "Nowhere" in body
+        metrics = running.get("/metrics")[1]
+        assert "desanet_config_last_reload_successful 0" in metrics
+        assert 'desanet_video_ready{village="licin"' in metrics  # still served
+        code, _ = running.get("/-/reload")
+        assert code == 405
+    finally:
+        running.inventory.write_text(good)
+    code, _ = running.post("/-/reload")
+    assert code == 200
+    assert "desanet_config_last_reload_successful 1" in running.get("/metrics")[1]
+
+
+def test_status_page_lists_every_village_worst_first(running: Running) -> None:
+    code, page = running.get("/")
+    assert code == 200 and "<table>" in page
+    assert page.index("Bajulmati") < page.index("Kabat")  # not ready before ready
+    code, page = running.get("/?village=bajulmati")
+    assert code == 200 and "FAILED" in page
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_status_page_renders_in_headless_chromium(running: Running, tmp_path: Path) -> None:
+    shot = tmp_path / "status.png"
+    proc = running.lab.noc(
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=412,900",
+        f"--screenshot={shot}",
+        f"http://{EXPORTER}/",
+        timeout=90,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    if os.environ.get("DESANET_KEEP_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "status-page.png")
