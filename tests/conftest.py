@@ -48,16 +48,28 @@ class Lab:
         self.villages: dict[str, dict[str, Any]] = {v["slug"]: v for v in state["plan"]["villages"]}
 
     def desanet(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "exporter.cli", *args], env=self.env, text=True,
-                              capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"desanet {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
         return proc
 
     def noc(self, *argv: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run a command inside the NOC namespace (what `desanet lab exec` does)."""
-        return subprocess.run(["ip", "netns", "exec", self.noc_ns, *argv], env=self.env, text=True,
-                              capture_output=True, timeout=timeout, check=check)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.noc_ns, *argv],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=check,
+        )
 
     def impair(self, *args: str) -> None:
         self.desanet("lab", "impair", *args)
@@ -96,12 +108,23 @@ def lab() -> Iterator[Lab]:
     os.environ.update(LAB_SECRETS)
     os.environ["DESANET_LAB_PREFIX"] = prefix
     inventory = ROOT / "inventory.yaml"
-    up = subprocess.run([sys.executable, "-m", "exporter.cli", "lab", "up", "--inventory", str(inventory)],
-                        env=env, text=True, capture_output=True, timeout=600, check=False)
+    up = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "lab", "up", "--inventory", str(inventory)],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     try:
         if up.returncode != 0:
             raise AssertionError(f"lab up failed: {up.stderr}")
         yield Lab(prefix, inventory, env)
     finally:
-        subprocess.run([sys.executable, "-m", "exporter.cli", "lab", "down"], env=env, capture_output=True,
-                       timeout=300, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "lab", "down"],
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )

@@ -26,8 +26,19 @@ def test_label_values_are_escaped() -> None:
     assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
 
 
-@pytest.mark.parametrize(("value", "text"), [(1, "1"), (0.5, "0.5"), (2.0, "2"), (True, "1"), (False, "0"),
-                                             (float("inf"), "+Inf"), (float("nan"), "NaN"), (1e-6, "1e-06")])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1, "1"),
+        (0.5, "0.5"),
+        (2.0, "2"),
+        (True, "1"),
+        (False, "0"),
+        (float("inf"), "+Inf"),
+        (float("nan"), "NaN"),
+        (1e-6, "1e-06"),
+    ],
+)
 def test_numbers(value: float, text: str) -> None:
     assert number(value) == text
 
@@ -79,8 +90,10 @@ def test_rendered_village_passes_promtool() -> None:
     vs.profiles = list(inv.profiles[:2])
     for rtt in (0.0004, 0.012, 0.2, None, 3.0):
         vs.observe_rtt("icmp", rtt)
-    vs.readiness = {p.name: rd.assess(rd.Measurements(rtt_p95_seconds=0.05, jitter_seconds=0.01, loss_ratio=0.0), p)
-                    for p in vs.profiles}
+    vs.readiness = {
+        p.name: rd.assess(rd.Measurements(rtt_p95_seconds=0.05, jitter_seconds=0.01, loss_ratio=0.0), p)
+        for p in vs.profiles
+    }
     vs.status("snmp").record(False, 1.0, "timeout")
     ex = Exposition(list(SPECS))
     ex.put("licin", render_village(vs))
@@ -118,12 +131,15 @@ def test_web_config_basic_auth(tmp_path: Path) -> None:
     assert not auth.check("Basic !!!notbase64")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("basic_auth_users:\n  noc: plaintext\n", "not a bcrypt hash"),
-    ("tls_server_config:\n  cert_file: a.pem\n", "needs cert_file and key_file"),
-    ("unknown: 1\n", "unknown keys"),
-    ("tls_server_config: {cert_file: a, key_file: b, min_version: TLS99}\n", "unknown TLS version"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("basic_auth_users:\n  noc: plaintext\n", "not a bcrypt hash"),
+        ("tls_server_config:\n  cert_file: a.pem\n", "needs cert_file and key_file"),
+        ("unknown: 1\n", "unknown keys"),
+        ("tls_server_config: {cert_file: a, key_file: b, min_version: TLS99}\n", "unknown TLS version"),
+    ],
+)
 def test_bad_web_configs_are_refused(tmp_path: Path, text: str, message: str) -> None:
     cfg = tmp_path / "web.yml"
     cfg.write_text(text)
@@ -132,8 +148,15 @@ def test_bad_web_configs_are_refused(tmp_path: Path, text: str, message: str) ->
 
 
 def test_logfmt_quotes_and_keeps_extras() -> None:
-    rec = logging.makeLogRecord({"name": "desanet.x", "levelname": "WARNING", "msg": "probe failed",
-                                 "village": "licin", "reason": 'timeout "2 s"'})
+    rec = logging.makeLogRecord(
+        {
+            "name": "desanet.x",
+            "levelname": "WARNING",
+            "msg": "probe failed",
+            "village": "licin",
+            "reason": 'timeout "2 s"',
+        }
+    )
     line = LogfmtFormatter().format(rec)
     assert 'msg="probe failed"' in line and "village=licin" in line and 'reason="timeout \\"2 s\\""' in line
 

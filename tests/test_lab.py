@@ -34,11 +34,9 @@ def ping(lab: Lab, address: str, count: int = 200, interval: float = 0.01) -> tu
 
 
 def test_noc_has_no_way_out(lab: Lab) -> None:
-    routes = subprocess.run(["ip", "-n", lab.noc_ns, "-j", "route", "show"], capture_output=True, text=True,
-                            check=True)
+    routes = subprocess.run(["ip", "-n", lab.noc_ns, "-j", "route", "show"], capture_output=True, text=True, check=True)
     assert not [r for r in json.loads(routes.stdout) if r["dst"] == "default"]
-    links = subprocess.run(["ip", "-n", lab.noc_ns, "-j", "link", "show"], capture_output=True, text=True,
-                           check=True)
+    links = subprocess.run(["ip", "-n", lab.noc_ns, "-j", "link", "show"], capture_output=True, text=True, check=True)
     assert sorted(link["ifname"] for link in json.loads(links.stdout)) == ["core", "lo"]
     # The host's own interfaces are not there, so nothing the NOC sends can leave the lab.
     assert lab.noc("ping", "-c", "1", "-W", "1", "192.0.2.1").returncode != 0
@@ -50,8 +48,9 @@ def test_delay_jitter_loss_match_ping_and_truth(lab: Lab) -> None:
     base_rtt = statistics.median(base)
 
     slug = "glagah"
-    lab.impair(slug, "--restore", "--delay", "20", "--jitter", "5", "--loss", "3", "--up-delay", "10",
-               "--up-jitter", "2")
+    lab.impair(
+        slug, "--restore", "--delay", "20", "--jitter", "5", "--loss", "3", "--up-delay", "10", "--up-jitter", "2"
+    )
     try:
         t0 = time.monotonic()
         sent, rtts = ping(lab, lab.address(slug), count=200)
@@ -144,8 +143,18 @@ def test_optical_values_set_by_the_lab_come_back_from_snmpd(lab: Lab) -> None:
     slug = "kabat"
     lab.impair(slug, "--optical-rx-dbm", "-24.5", "--optical-tx-dbm", "-2.25")
     community = LAB_SECRETS["DESANET_SNMP_COMMUNITY"]
-    proc = lab.noc("snmpget", "-v2c", "-c", community, "-On", "-Oqv", lab.address(slug),
-                   ".1.3.6.1.4.1.14988.1.1.19.1.1.10.1", ".1.3.6.1.4.1.14988.1.1.19.1.1.9.1", timeout=10)
+    proc = lab.noc(
+        "snmpget",
+        "-v2c",
+        "-c",
+        community,
+        "-On",
+        "-Oqv",
+        lab.address(slug),
+        ".1.3.6.1.4.1.14988.1.1.19.1.1.10.1",
+        ".1.3.6.1.4.1.14988.1.1.19.1.1.9.1",
+        timeout=10,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["-24500", "-2250"]
 
@@ -153,8 +162,9 @@ def test_optical_values_set_by_the_lab_come_back_from_snmpd(lab: Lab) -> None:
 def test_village_snmpd_serves_its_real_interface_counters(lab: Lab) -> None:
     slug = "licin"
     community = LAB_SECRETS["DESANET_SNMP_COMMUNITY"]
-    walk = lab.noc("snmpwalk", "-v2c", "-c", community, "-On", "-Oq", lab.address(slug), ".1.3.6.1.2.1.31.1.1.1.1",
-                   timeout=10)
+    walk = lab.noc(
+        "snmpwalk", "-v2c", "-c", community, "-On", "-Oq", lab.address(slug), ".1.3.6.1.2.1.31.1.1.1.1", timeout=10
+    )
     names = dict(line.split(" ", 1) for line in walk.stdout.splitlines())
     assert "up0" in [n.strip('"') for n in names.values()]
 
@@ -162,10 +172,24 @@ def test_village_snmpd_serves_its_real_interface_counters(lab: Lab) -> None:
 def test_refuses_without_root_with_a_clear_message(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to nobody")
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, "-m", "exporter.cli", "lab", "up"],
-                          capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "DESANET_LAB_PREFIX": "nobody", "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "lab",
+            "up",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "DESANET_LAB_PREFIX": "nobody", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 1
     assert "needs root" in proc.stderr
 
@@ -176,9 +200,14 @@ def test_refuses_when_a_package_is_missing(tmp_path: Path) -> None:
     for tool in ("ip", "tc", "nft", "iptables-restore", "iperf3"):  # everything but snmpd
         path = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
         (bindir / tool).symlink_to(path)
-    proc = subprocess.run([sys.executable, "-m", "exporter.cli", "lab", "up"], capture_output=True, text=True,
-                          timeout=60, check=False,
-                          env={**os.environ, "PATH": str(bindir), "DESANET_LAB_PREFIX": "nopkg"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "lab", "up"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PATH": str(bindir), "DESANET_LAB_PREFIX": "nopkg"},
+    )
     assert proc.returncode == 1
     assert "snmpd" in proc.stderr and "apt-get install" in proc.stderr
 
@@ -187,14 +216,23 @@ def test_up_is_idempotent_and_down_removes_everything(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     inv = tmp_path / "small.yaml"
-    subprocess.run([sys.executable, "-m", "exporter.cli", "inventory", "synth", "-n", "3", "--kecamatan", "2",
-                    "-o", str(inv)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "inventory", "synth", "-n", "3", "--kecamatan", "2", "-o", str(inv)],
+        check=True,
+        capture_output=True,
+    )
     prefix = f"s{os.getpid() % 100000}"
     env = {**os.environ, **LAB_SECRETS, "DESANET_LAB_PREFIX": prefix}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "exporter.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "exporter.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     try:
         assert cli("lab", "up", "--inventory", str(inv)).returncode == 0
