@@ -7,6 +7,7 @@ a broken inventory on reload is refused and the old one kept serving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from tests.conftest import ROOT, Lab
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 EXPORTER = "127.0.0.1:19917"
 PROM = "127.0.0.1:19090"
+VM = "127.0.0.1:18428"
 
 
 def fast_inventory(tmp: Path) -> Path:
@@ -43,6 +45,7 @@ def fast_inventory(tmp: Path) -> Path:
 class Running:
     def __init__(self, lab: Lab, inventory: Path, proc: subprocess.Popen[str], prom: subprocess.Popen[str]):
         self.lab, self.inventory, self.proc, self.prom = lab, inventory, proc, prom
+        self.vm: subprocess.Popen[str] | None = None
 
     def get(self, path: str, timeout: float = 20) -> tuple[int, str]:
         out = self.lab.noc(
@@ -121,9 +124,30 @@ def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    vm = None
+    remote_write = ""
+    if shutil.which("victoria-metrics"):
+        with open(tmp / "vm.log", "w") as log:
+            vm = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.noc_ns,
+                    "victoria-metrics",
+                    f"-httpListenAddr={VM}",
+                    f"-storageDataPath={tmp / 'vm'}",
+                    "-search.latencyOffset=1s",
+                ],
+                text=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        remote_write = f"remote_write:\n  - url: http://{VM}/api/v1/write\n"
     (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
-        f"scrape_configs:\n  - job_name: desanet\n    static_configs: [{{targets: ['{EXPORTER}']}}]\n"
+        + remote_write
+        + f"scrape_configs:\n  - job_name: desanet\n    static_configs: [{{targets: ['{EXPORTER}']}}]\n"
     )
     with open(tmp / "prom.log", "w") as log:
         prom = subprocess.Popen(
@@ -143,6 +167,7 @@ def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
             stderr=subprocess.STDOUT,
         )
     r = Running(lab, inventory, proc, prom)
+    r.vm = vm
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -157,6 +182,8 @@ def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     finally:
         _stop(proc)
         _stop(prom)
+        if vm is not None:
+            _stop(vm)
         for slug in ("pesanggaran", "sarongan", "bajulmati"):
             lab.restore(slug)
         print((tmp / "serve.log").read_text()[-3000:])
@@ -259,3 +286,59 @@ def test_status_page_renders_in_headless_chromium(running: Running, tmp_path: Pa
     assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
     if os.environ.get("DESANET_KEEP_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs" / "status-page.png")
+
+
+def test_remote_write_reaches_victoriametrics(running: Running) -> None:
+    """Scale-out beyond one Prometheus: the same series arrive in VictoriaMetrics through remote_write."""
+    if running.vm is None:
+        pytest.skip("needs victoria-metrics (scripts/setup.sh)")
+    q = urllib.parse.urlencode({"query": 'desanet_video_ready{profile="meet-hd"}'})
+    deadline = time.monotonic() + 40
+    villages: dict[str, str] = {}
+    while time.monotonic() < deadline and len(villages) < len(running.lab.villages):
+        out = running.lab.noc("curl", "-s", f"http://{VM}/api/v1/query?{q}", timeout=15)
+        with contextlib.suppress(json.JSONDecodeError, KeyError):
+            villages = {r["metric"]["village"]: r["value"][1] for r in json.loads(out.stdout)["data"]["result"]}
+        time.sleep(2)
+    assert len(villages) == len(running.lab.villages)
+    assert villages["bajulmati"] == "0" and villages["kabat"] == "1"
+
+
+def test_serve_needs_only_cap_net_raw(lab: Lab, tmp_path: Path) -> None:
+    """What the systemd unit grants: an unprivileged user with CAP_NET_RAW alone can probe; without it, a clear
+    exit 2 rather than a traceback."""
+    tmp_path.chmod(0o755)
+    for parent in tmp_path.parents:  # pytest's base directory is private to root; nobody must read the inventory
+        if parent == Path("/tmp"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+    inventory = fast_inventory(tmp_path)
+    base = ["ip", "netns", "exec", lab.noc_ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    serve = [
+        sys.executable,
+        "-m",
+        "exporter.cli",
+        "serve",
+        "--inventory",
+        str(inventory),
+        "--probes",
+        "icmp",
+        "--web.listen-address",
+        "127.0.0.1:19918",
+    ]
+    env = {**lab.env, "DESANET_STATE_DIR": str(tmp_path)}
+    denied = subprocess.run([*base, *serve], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert denied.returncode == 2 and "CAP_NET_RAW" in denied.stderr
+    caps = ["--inh-caps=+net_raw", "--ambient-caps=+net_raw"]
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen([*base, *caps, *serve], env=env, text=True, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and 'desanet_packets_received_total{village="kabat"' not in body:
+            time.sleep(2)
+            body = lab.noc("curl", "-s", "http://127.0.0.1:19918/metrics", timeout=10).stdout
+        m = re.search(r'desanet_packets_received_total\{village="kabat",[^}]*\} (\d+)', body)
+        assert m and int(m.group(1)) > 0, (tmp_path / "serve.log").read_text()[-2000:]
+    finally:
+        _stop(proc)
