@@ -1,0 +1,397 @@
+"""The Grafana dashboards: committed JSON is the generator's output, every panel is placed and queried
+properly, every variable is defined and used, every metric is in the exporter's contract, every query
+parses (promtool), and the PromQL the panels rely on computes what the panels say (promtool unit tests).
+
+The lab test (tests/test_dashboards_lab.py) evaluates every query against a real Prometheus; the helpers
+below (`load`, `panels`, `targets`, `substitute`) are shared with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("grafana_foundation_sdk")
+
+from dashboards import build, promql
+from dashboards.panels import DATASOURCE_UID, GRID_WIDTH, UIDS
+from tests.conftest import ROOT
+
+DASHBOARD_FILES = sorted(build.JSON_DIR.glob("*.json"))
+PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+# Grafana's own variables the queries may use; the lab test substitutes these values.
+BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "10m"}
+VAR_RE = re.compile(r"\$(?:\{(\w+)(?:[.:][^}]*)?\}|(\w+))")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows' nested panels included."""
+    for p in board.get("panels", []):
+        yield p
+        yield from p.get("panels", [])
+
+
+def targets(board: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for p in panels(board):
+        for t in p.get("targets", []):
+            yield p, t
+
+
+def variables(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in board["templating"]["list"]}
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    """Replace $name and ${name} with values[name] (Grafana's builtins included); unknown names stay."""
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return values.get(name, m.group(0))
+
+    return VAR_RE.sub(repl, text)
+
+
+def referenced(text: str) -> set[str]:
+    return {m.group(1) or m.group(2) for m in VAR_RE.finditer(text)}
+
+
+def boards() -> dict[str, dict[str, Any]]:
+    return {p.name: load(p) for p in DASHBOARD_FILES}
+
+
+# ------------------------------------------------------------------------------------------------ files
+def test_committed_json_is_the_generators_output() -> None:
+    assert build.check() == [], "run `desanet dashboards build` and commit dashboards/json"
+    assert [p.name for p in DASHBOARD_FILES] == sorted(build.render())
+
+
+def test_uids_are_stable_and_unique() -> None:
+    b = boards()
+    assert {name: d["uid"] for name, d in b.items()} == {
+        "desanet-overview.json": "desanet-overview",
+        "desanet-sessions.json": "desanet-sessions",
+        "desanet-village.json": "desanet-village",
+    }
+    assert sorted(UIDS.values()) == sorted(d["uid"] for d in b.values())
+    assert len({d["title"] for d in b.values()}) == len(b)  # titles unique within the provisioned folder
+    for d in b.values():
+        ids = [p["id"] for p in panels(d)]
+        assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i > 0 for i in ids), d["uid"]
+
+
+def test_links_point_at_dashboards_that_exist() -> None:
+    uids = set(UIDS.values())
+    for d in boards().values():
+        text = json.dumps(d)
+        for uid in re.findall(r"/d/([\w-]+)", text):
+            assert uid in uids, (d["uid"], uid)
+
+
+# ------------------------------------------------------------------------------------------------ panels
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_panels_fit_the_grid_without_overlapping(path: Path) -> None:
+    board = load(path)
+    boxes: list[tuple[int, int, int, int, str]] = []
+    for p in panels(board):
+        g = p["gridPos"]
+        x, y, w, h = g["x"], g["y"], g["w"], g["h"]
+        assert w > 0 and h > 0 and x >= 0 and y >= 0, p["title"]
+        assert x + w <= GRID_WIDTH, f"{p['title']!r} ends at column {x + w}"
+        for bx, by, bw, bh, title in boxes:
+            overlap = x < bx + bw and bx < x + w and y < by + bh and by < y + h
+            assert not overlap, f"{p['title']!r} overlaps {title!r}"
+        boxes.append((x, y, w, h, p["title"]))
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_every_panel_queries_the_datasource_variable_with_refids(path: Path) -> None:
+    board = load(path)
+    for p in panels(board):
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and all(refs), f"{p['title']!r}: empty refId"
+        assert len(refs) == len(set(refs)), f"{p['title']!r}: duplicate refId"
+        for t in p["targets"]:
+            assert t["expr"].strip(), p["title"]
+            assert t.get("datasource", p["datasource"]) == p["datasource"]
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_variables_are_defined_used_and_filtered_consistently(path: Path) -> None:
+    board = load(path)
+    defined = variables(board)
+    assert defined["datasource"]["type"] == "datasource" and defined["datasource"]["query"] == "prometheus"
+    assert defined["datasource"]["current"]["value"] == DATASOURCE_UID
+    used: set[str] = set()
+    for v in defined.values():
+        if v["type"] == "query":
+            assert v["query"].startswith("label_values("), v["name"]
+            assert v["datasource"]["uid"] == "${datasource}"
+            used |= referenced(v["query"])
+    for p in panels(board):
+        if p.get("datasource", {}).get("uid") == "${datasource}":
+            used.add("datasource")
+        for t in p.get("targets", []):
+            refs = referenced(t["expr"])
+            unknown = refs - set(defined) - set(BUILTINS)
+            assert not unknown, f"{p['title']!r} uses undefined {unknown}"
+            used |= refs
+            # A multi-value variable must be matched as a regex, a single-value one may be either.
+            for name in refs & set(defined):
+                if defined[name].get("multi"):
+                    assert f'=~"${name}"' in t["expr"], f"{p['title']!r}: ${name} is multi-value, needs =~"
+    assert set(defined) <= used, f"defined but never used: {set(defined) - used}"
+    for v in defined.values():
+        if v.get("includeAll"):
+            assert v["allValue"] == ".*"
+    if board["uid"] == UIDS["village"]:
+        assert not defined["village"].get("multi"), "the village dashboard shows one village"
+
+
+def _metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(desanet_\w+)", expr))
+
+
+def test_every_metric_is_in_the_exporters_contract() -> None:
+    from exporter.metrics import SPECS
+
+    known = {s.name for s in SPECS}
+    known |= {f"{s.name}{suffix}" for s in SPECS if s.type == "histogram" for suffix in ("_bucket", "_sum", "_count")}
+    for d in boards().values():
+        for v in variables(d).values():
+            assert _metric_names(v.get("query", "")) <= known, v["name"]
+        for p, t in targets(d):
+            missing = _metric_names(t["expr"]) - known
+            assert not missing, f"{d['uid']} / {p['title']!r}: {missing} not in exporter/metrics.py"
+
+
+def test_the_map_reads_village_coordinates_as_numbers() -> None:
+    d = boards()["desanet-overview.json"]
+    (geo,) = [p for p in panels(d) if p["type"] == "geomap"]
+    (layer,) = geo["options"]["layers"]
+    assert layer["type"] == "markers"
+    assert layer["location"] == {"mode": "coords", "latitude": "latitude", "longitude": "longitude"}
+    assert layer["config"]["style"]["color"]["field"] == "Value"
+    (t,) = geo["targets"]
+    assert t["format"] == "table" and t["instant"] is True
+    assert "latitude, longitude" in t["expr"] and "desanet_village_info" in t["expr"]
+    conversions = [
+        c for tr in geo["transformations"] if tr["id"] == "convertFieldType" for c in tr["options"]["conversions"]
+    ]
+    assert {c["targetField"] for c in conversions} == {"latitude", "longitude"}
+    # …and the exporter does put the inventory's coordinates on desanet_village_info.
+    from exporter.inventory import load_inventory
+    from exporter.metrics import render_village
+    from exporter.state import VillageState
+
+    inv = load_inventory(ROOT / "inventory.yaml")
+    v = inv.villages[0]
+    (line,) = render_village(VillageState.create(inv, v)).out["desanet_village_info"]
+    assert f'latitude="{v.lat}"' in line and f'longitude="{v.lon}"' in line
+
+
+def test_tables_sort_and_rename_fields_their_queries_produce() -> None:
+    for d in boards().values():
+        for p in panels(d):
+            if p["type"] != "table":
+                continue
+            refs = [t["refId"] for t in p["targets"]]
+            values = {f"Value #{r}" for r in refs} if len(refs) > 1 else {"Value"}
+            labels = {lbl for t in p["targets"] for lbl in re.findall(r"by \(([\w, ]+)\)", t["expr"])}
+            label_names = {x.strip() for group in labels for x in group.split(",")} | {
+                "alertname",
+                "severity",
+                "kecamatan",
+                "village",
+                "profile",
+                "factor",
+            }
+            for tr in p.get("transformations", []):
+                if tr["id"] == "sortBy":
+                    (key,) = [s["field"] for s in tr["options"]["sort"]]
+                    assert key in values | label_names, (p["title"], key)
+                if tr["id"] == "organize":
+                    renamed = set(tr["options"]["renameByName"])
+                    assert values <= renamed, (p["title"], values - renamed)
+
+
+def test_verdict_rank_is_the_exporters() -> None:
+    from exporter.scheduler import VERDICT_RANK
+
+    assert promql.VERDICT_RANK == VERDICT_RANK
+
+
+# ------------------------------------------------------------------------------------------------ promtool
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (scripts/setup.sh)")
+
+# Values for the dashboards' own variables when a query is checked or run: real names from the lab inventory.
+SAMPLE = {
+    "village": "kabat",
+    "kecamatan": "Kabat",
+    "profile": "meet-hd",
+    "session": "Rapat koordinasi Bupati dan kepala desa",
+    **BUILTINS,
+}
+
+
+@needs_promtool
+def test_every_query_parses(tmp_path: Path) -> None:
+    rules = []
+    for d in boards().values():
+        for p, t in targets(d):
+            rules.append({"record": f"check:{d['uid'].replace('-', '_')}:{p['id']}_{t['refId']}", "expr": ""})
+            rules[-1]["expr"] = substitute(t["expr"], SAMPLE)
+        for v in variables(d).values():
+            if v["type"] == "query":
+                inner = re.fullmatch(r"label_values\((.*), *\w+\)", v["query"])
+                if inner and inner.group(1):
+                    name = f"check:{d['uid'].replace('-', '_')}:var_{v['name']}"
+                    rules.append({"record": name, "expr": substitute(inner.group(1), SAMPLE)})
+    path = tmp_path / "queries.rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "dashboards", "rules": rules}]}))  # JSON is YAML
+    proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "FAILED" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
+
+
+def _series(name: str, labels: dict[str, str], values: list[float]) -> dict[str, str]:
+    lbl = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return {"series": f"{name}{{{lbl}}}", "values": " ".join(f"{x:g}" for x in values)}
+
+
+@needs_promtool
+def test_promql_means_what_the_panels_say(tmp_path: Path) -> None:
+    """Eight days of synthetic series (5-minute steps from 1970-01-01 00:00 UTC), evaluated by promtool."""
+    step, days = 300, 8
+    n = days * 86400 // step + 1
+    times = [i * step for i in range(n)]
+    start = days * 86400 + 13 * 3600  # the next session: day 8, 13:00, for 90 minutes
+    sess = {"village": "a", "kecamatan": "K", "session": "Rapat", "profile": "meet-hd"}
+    # Village a was not ready from 13:00 to 13:45 on day 5 — half of that day's session hours (13:00–14:30).
+    outage = range(5 * 86400 + 13 * 3600, 5 * 86400 + 13 * 3600 + 45 * 60)
+    ready_a = [0.0 if t in outage else 1.0 for t in times]
+    village = {"village": "a", "kecamatan": "K"}
+
+    def verdict(labels: dict[str, str], which: str) -> list[dict[str, str]]:
+        return [
+            _series("desanet_video_verdict", {**labels, "verdict": v}, [1.0 if v == which else 0.0] * n)
+            for v in promql.VERDICT_RANK
+        ]
+
+    inputs = [
+        _series("desanet_session_start_timestamp_seconds", sess, [float(start)] * n),
+        _series("desanet_session_end_timestamp_seconds", sess, [float(start + 5400)] * n),
+        _series("desanet_video_ready", {**village, "profile": "meet-hd"}, ready_a),
+        _series("desanet_village_info", {**village, "name": "A"}, [1.0] * n),
+        _series("desanet_village_info", {"village": "b", "kecamatan": "K", "name": "B"}, [1.0] * n),
+        _series("desanet_village_info", {"village": "c", "kecamatan": "L", "name": "C"}, [1.0] * n),
+        *verdict({**village, "profile": "meet-hd"}, "ready"),
+        *verdict({**village, "profile": "zoom-gallery"}, "at_risk"),
+        *verdict({"village": "c", "kecamatan": "L", "profile": "meet-hd"}, "not_ready"),
+        # b has no verdict yet: it must still count, as unknown.
+    ]
+    every = {"village": ".*", "kecamatan": ".*", "profile": ".*", "session": ".*", **BUILTINS}
+    at = f"{days * 24}h"
+    session_labels = '{kecamatan="K", profile="meet-hd", session="Rapat", village="a"}'
+    tests: list[dict[str, Any]] = []
+    for day in range(1, 8):
+        expected = 0.5 if day == 3 else 1.0  # the 24 h ending 2 days before day 8 00:00 is day 5
+        expr = substitute(promql.ready_in_session_hours(day, promql.SESSION), every)
+        tests.append({"expr": expr, "eval_time": at, "exp_samples": [{"labels": session_labels, "value": expected}]})
+    # Worst verdict over profiles per village; unknown for a village with no verdict.
+    tests.append(
+        {
+            "expr": substitute(promql.village_rank(), every),
+            "eval_time": at,
+            "exp_samples": [
+                {"labels": '{kecamatan="K", village="a"}', "value": 2},
+                {"labels": '{kecamatan="K", village="b"}', "value": 1},
+                {"labels": '{kecamatan="L", village="c"}', "value": 3},
+            ],
+        }
+    )
+    # The session's villages are judged by the session's profile (meet-hd: ready), not the worst profile.
+    tests.append(
+        {
+            "expr": substitute(promql.session_rank(promql.SESSION), every),
+            "eval_time": at,
+            "exp_samples": [{"labels": session_labels, "value": 0}],
+        }
+    )
+    (tmp_path / "rules.yml").write_text(json.dumps({"groups": []}))
+    spec = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "5m",
+        "tests": [{"interval": "5m", "input_series": inputs, "promql_expr_test": tests}],
+    }
+    path = tmp_path / "test.yml"
+    path.write_text(json.dumps(spec))
+    proc = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+# ------------------------------------------------------------------------------------------------ provisioning
+def _yaml(path: Path) -> Any:
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+
+
+def test_provisioning_names_the_datasource_uid_the_dashboards_default_to() -> None:
+    ds = _yaml(PROVISIONING / "datasources" / "desanet.yaml")
+    assert ds["apiVersion"] == 1
+    (source,) = ds["datasources"]
+    assert source["uid"] == DATASOURCE_UID and source["type"] == "prometheus"
+    prov = _yaml(PROVISIONING / "dashboards" / "desanet.yaml")
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    assert provider["allowUiUpdates"] is False  # the JSON is generated: UI edits would be lost
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _cli(*args: str) -> Any:
+    import typer
+    from typer.testing import CliRunner
+
+    from exporter.commands import dashboards as command
+
+    app = typer.Typer()
+    command.register(app)
+
+    @app.callback()
+    def _root() -> None:
+        """desanet"""
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_builds_then_checks_and_names_stale_files(tmp_path: Path) -> None:
+    out = tmp_path / "json"
+    r = _cli("dashboards", "build", "--output", str(out))
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(build.render())
+    assert _cli("dashboards", "build", "--check", "--output", str(out)).exit_code == 0
+    stale = out / "desanet-village.json"
+    stale.write_text(stale.read_text().replace("desanet · Village", "edited by hand"))
+    (out / "old.json").write_text("{}")
+    r = _cli("dashboards", "build", "--check", "--output", str(out))
+    assert r.exit_code == 1
+    assert "desanet-village.json: differs" in r.output and "old.json: not produced" in r.output
+    assert "edited by hand" in stale.read_text()  # --check writes nothing
+    assert _cli("dashboards", "build", "--output", str(out)).exit_code == 0
+    assert "desanet · Village" in stale.read_text()
