@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -315,10 +316,10 @@ class Monitor:
                 due = vs.next_due
                 if "stamp" in self.enable and vs.village.stamp is not None and due.get("stamp", 0) <= now:
                     due["stamp"] = now + inv.settings.stamp.every_seconds * random.uniform(0.9, 1.1)
-                    self._spawn(self._guarded(vs, "stamp", self._run_stamp), self._stamp_sem)
+                    self._spawn(functools.partial(self._guarded, vs, "stamp", self._run_stamp), self._stamp_sem)
                 if "trace" in self.enable and due.get("trace", 0) <= now:
                     due["trace"] = now + inv.settings.trace.every_seconds * random.uniform(0.9, 1.1)
-                    self._spawn(self._guarded(vs, "trace", self._run_trace), self._trace_sem)
+                    self._spawn(functools.partial(self._guarded, vs, "trace", self._run_trace), self._trace_sem)
                 if (
                     "throughput" in self.enable
                     and vs.village.iperf3 is not None
@@ -327,16 +328,19 @@ class Monitor:
                 ):
                     due["throughput"] = now + self._throughput_period(inv)
                     self._tp_kec_busy.add(vs.village.kecamatan)
-                    self._spawn(self._throughput_then_release(vs), None)
+                    self._spawn(functools.partial(self._throughput_then_release, vs), None)
             await asyncio.sleep(1.0)
 
-    def _spawn(self, coro: Awaitable[None], sem: asyncio.Semaphore | None) -> None:
+    def _spawn(self, make: Callable[[], Awaitable[None]], sem: asyncio.Semaphore | None) -> None:
+        """Run a probe as its own task; the coroutine is made only when it may start, so cancelling a queued
+        task leaves nothing un-awaited."""
+
         async def run() -> None:
             if sem is None:
-                await coro
+                await make()
                 return
             async with sem:
-                await coro
+                await make()
 
         task = asyncio.create_task(run())
         self._running.add(task)

@@ -34,9 +34,13 @@ VM = "127.0.0.1:18428"
 def fast_inventory(tmp: Path) -> Path:
     """The shipped inventory with short intervals, so a test sees windows fill in seconds."""
     text = (ROOT / "inventory.yaml").read_text()
-    text = re.sub(r"  icmp: \{.*\}", "  icmp: {interval_seconds: 0.2, window_seconds: 10, timeout_seconds: 1}", text)
-    text = re.sub(r"  stamp: \{.*\}", "  stamp: {every_seconds: 10, duration_seconds: 2, rate_pps: 50}", text)
-    text = re.sub(r"  snmp: \{every_seconds.*\}", "  snmp: {every_seconds: 5, timeout_seconds: 1, retries: 0}", text)
+    text = re.sub(
+        r"(?m)^  icmp: \{.*\}$", "  icmp: {interval_seconds: 0.2, window_seconds: 10, timeout_seconds: 1}", text
+    )
+    text = re.sub(r"(?m)^  stamp: \{.*\}$", "  stamp: {every_seconds: 10, duration_seconds: 2, rate_pps: 50}", text)
+    text = re.sub(
+        r"(?m)^  snmp: \{every_seconds.*\}$", "  snmp: {every_seconds: 5, timeout_seconds: 1, retries: 0}", text
+    )
     path = tmp / "inventory.yaml"
     path.write_text(text)
     return path
@@ -169,15 +173,22 @@ def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     r = Running(lab, inventory, proc, prom)
     r.vm = vm
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
+        stamped = 'desanet_jitter_seconds{method="stamp",direction="down"}'
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"desanet serve exited: {(tmp / 'serve.log').read_text()[-3000:]}")
             try:
-                if r.value('up{job="desanet"}').get("") == 1 and r.value("desanet_video_ready"):
+                # Ready when Prometheus has every village's verdict and a STAMP round has reached the ones we check.
+                if len(r.value('desanet_video_ready{profile="meet-hd"}')) == len(lab.villages) and {
+                    "pesanggaran",
+                    "kabat",
+                } <= set(r.value(stamped)):
                     break
             except (json.JSONDecodeError, AssertionError):
                 pass
             time.sleep(1)
-        time.sleep(14)  # a full ICMP window and a STAMP round
+        time.sleep(12)  # a full ICMP window (10 s) under the impairments
         yield r
     finally:
         _stop(proc)
@@ -207,7 +218,8 @@ def test_figures_in_prometheus_match_the_lab(running: Running) -> None:
     assert 0.05 < loss["sarongan"] < 0.30  # 1 - 0.92² = 15 %, over a 50-echo window
     assert loss["kabat"] == 0
     p50 = running.value('desanet_rtt_window_seconds{method="icmp",statistic="p50"}')
-    assert 0.055 < p50["pesanggaran"] < 0.07  # 60 ± 50 ms uniform: median 60 ms
+    # 60 ± 50 ms uniform toward the village: median 60 ms; a 50-echo window's median has a 5 ms sd.
+    assert 0.045 < p50["pesanggaran"] < 0.075
     assert p50["kabat"] < 0.002
     # STAMP splits the direction: the jitter was imposed toward the village only.
     fwd = running.value('desanet_jitter_seconds{method="stamp",direction="down"}')
