@@ -479,7 +479,7 @@ class ContinuousTarget(_Stream):
 
     def _decided_one(self, i: int) -> None:
         self.decided += 1
-        if self.on_sample is not None:
+        if self.on_sample is not None and not self.closed:
             r = self.rtt_ns[i]
             try:
                 self.on_sample(self, self.send_ns[i] / 1e9, r / 1e9 if r >= 0 else None)
@@ -848,6 +848,10 @@ class IcmpEngine:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         s = settings or IcmpSettings(timeout=min(2.0, max(0.001, interval)))
+        if capacity * interval <= s.timeout:
+            raise ValueError(
+                f"a ring of {capacity} echoes every {interval} s is reused before the {s.timeout} s timeout"
+            )
         t = ContinuousTarget(self, address, s, interval, capacity, on_sample, label)
         t.fs.ensure_bufsize(t.payload_len)
         self._groups.setdefault(t.interval_ns, []).append(t)
@@ -948,8 +952,10 @@ class IcmpEngine:
                     nxt += missed * s.interval_ns
                     s.skipped += missed  # type: ignore[attr-defined]
                 self._push(nxt, s)
-            elif s.sent < s.capacity:  # a train: when late, slip rather than send two echoes back to back
-                self._push(max(due + s.interval_ns, now + (s.interval_ns >> 1)), s)
+            elif s.sent < s.capacity:
+                # A train: when late, slip rather than catch up, so that two echoes are never closer than half
+                # an interval (the early-send allowance) on the wire.
+                self._push(max(due + s.interval_ns, now + s.interval_ns), s)
         for fs in self._sockets.values():
             # Collect TX stamps and any replies already here (on loopback and LANs they come back during
             # sendto), then listen again.
@@ -1002,9 +1008,25 @@ class IcmpEngine:
         s.send_ns[i] = time.time_ns()
         try:
             fs.sock.sendto(pkt, s.sockaddr)
-        except OSError as exc:
+        except BlockingIOError as exc:
             self._send_failed(s, i, exc)
             return
+        except OSError as exc:
+            if fs.kind != "dgram":
+                self._send_failed(s, i, exc)
+                return
+            # A ping socket with IP_RECVERR reports the last ICMP error, whatever destination it was about,
+            # on the next send, and drops that send. The failed call cleared it: try once more, so that one
+            # unreachable village cannot cost another village an echo.
+            if fs.tx_stamping:
+                self._drain_errqueue(fs)
+                fs.reset_tx_keys()
+            s.send_ns[i] = time.time_ns()
+            try:
+                fs.sock.sendto(pkt, s.sockaddr)
+            except OSError as exc2:
+                self._send_failed(s, i, exc2)
+                return
         self.stats.sent += 1
         fs.slot_stream[seq] = s
         fs.slot_index[seq] = i
@@ -1050,7 +1072,7 @@ class IcmpEngine:
 
     def _receive(self, fs: _FamilySocket) -> int:
         """Drain TX stamps, then every queued datagram; returns how many datagrams were read."""
-        if fs.tx_pending > 0 and fs.tx_stamping:
+        if (fs.tx_pending > 0 and fs.tx_stamping) or fs.kind == "dgram":  # ping sockets: ICMP errors wait there
             self._drain_errqueue(fs)
         recv = fs.sock.recvmsg_into
         buf = fs.buf

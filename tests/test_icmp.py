@@ -407,10 +407,13 @@ def test_continuous_targets_spread_evenly_and_summarise_windows(batch_window: fl
         assert w.timestamping == "kernel"
     # Every target's first echo at its own phase: the sends cover the interval with no gap much longer than
     # the batch window; a window below the spacing sends them one by one, 5 ms apart.
+    # The schedule itself is exact: phases i/m of the interval, re-spread over the m = n - 1 targets left
+    # after one was removed. What the wire saw depends on the event loop, so it gets loose bounds.
+    assert sorted(t.phase_ns for t in ts[1:]) == [round(interval * 1e9) * i // (n - 1) for i in range(n - 1)]
     firsts = sorted(t.samples()[0][0] for t in ts[1:])
     gaps = [b - a for a, b in itertools.pairwise(firsts)]
-    assert interval * 0.75 < max(firsts) - min(firsts) < interval
-    assert max(gaps) < 2 * batch_window + 0.01
+    assert interval * 0.75 < max(firsts) - min(firsts) < interval * 1.5
+    assert statistics.median(gaps) < 2 * batch_window + 0.005
     if batch_window < interval / n:
         assert statistics.median(gaps) == pytest.approx(interval / n, abs=0.002)
     else:  # batched: far fewer timer wakeups than echoes
@@ -504,15 +507,19 @@ def test_ping_socket_when_the_group_range_allows(netns: str) -> None:
 
     async def go() -> tuple[IcmpResult, IcmpResult, IcmpResult, str | None]:
         async with IcmpEngine() as engine:
-            ok = await engine.train("127.0.0.1", IcmpSettings(count=5, interval=0.005))
-            rejected = await engine.train("127.0.0.11", IcmpSettings(count=5, interval=0.005, timeout=0.3))
+            # Concurrently: a healthy target and one whose echoes draw ICMP errors. On a ping socket those
+            # errors also surface as a pending socket error on the next send, to any destination.
+            settings = IcmpSettings(count=10, interval=0.005, timeout=0.3)
+            ok, rejected = await asyncio.gather(
+                engine.train("127.0.0.1", settings), engine.train("127.0.0.11", settings)
+            )
             six = await engine.train("::1", IcmpSettings(count=5, interval=0.005))
             return ok, rejected, six, engine.socket_kind()
 
     ok, rejected, six, kind = in_ns(netns, go)
     assert kind == "dgram"
-    assert (ok.socket_kind, ok.received, ok.timestamping) == ("dgram", 5, "kernel")
-    assert rejected.received == 0 and rejected.icmp_errors == 5  # via IP_RECVERR on the error queue
+    assert (ok.socket_kind, ok.received, ok.send_errors, ok.timestamping) == ("dgram", 10, 0, "kernel")
+    assert (rejected.received, rejected.send_errors, rejected.icmp_errors) == (0, 0, 10)  # via IP_RECVERR
     assert (six.socket_kind, six.received) == ("dgram", 5)
 
 
