@@ -127,7 +127,7 @@ def _map() -> geomap.Panel:
     made numbers), coloured by its worst verdict."""
     expr = (
         f"max by (village, kecamatan, name, latitude, longitude) (desanet_village_info{sel(WHERE)}) "
-        f"* on (village) {RANK}"
+        f"* on (village) group_left () {RANK}"
     )
     markers = (
         cb.MapLayerOptions()
@@ -185,7 +185,7 @@ def _worst() -> table.Panel:
         f"desanet_video_limiting_info) or on (village, profile) {per_profile})"
     )
     mos = f"min by (village, kecamatan) (desanet_video_mos{sel(where_p)})"
-    badness = f"({RANK} * 10 + on (village) (5 - min by (village) (desanet_video_mos{sel(where_p)}))) or {RANK} * 10"
+    badness = f"({RANK} * 10 + on (village, kecamatan) (5 - {mos})) or on (village) {RANK} * 10"
     t = Table(
         labels=[
             ("village", "Village"),

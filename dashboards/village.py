@@ -501,7 +501,8 @@ def _path() -> table.Panel:
 
 
 def _degraded_hop() -> stat.Panel:
-    expr = f"max by (address) (desanet_trace_degraded_hop{sel(V)}) or on () max(desanet_trace_hops{sel(V)}) * 0"
+    fine = f'label_replace(max(desanet_trace_hops{sel(V)}) * 0, "address", "whole path fine", "", "")'
+    expr = f"max by (address) (desanet_trace_degraded_hop{sel(V)}) or on () {fine}"
     return (
         stat.Panel()
         .title("First degraded hop")
