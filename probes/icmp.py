@@ -742,6 +742,8 @@ class IcmpEngine:
         self._dirty_groups: set[int] = set()
         self._epoch_ns = time.monotonic_ns()
         self._trains: set[Train] = set()
+        self._last_train_start = 0
+        self._train_burst = 0
         self._closed = False
         self.stats = EngineStats()
 
@@ -824,7 +826,16 @@ class IcmpEngine:
         t.fs.ensure_bufsize(t.payload_len)
         self._trains.add(t)
         t.future.add_done_callback(lambda _f: self._trains.discard(t))
-        self._push(time.monotonic_ns(), t)
+        now = time.monotonic_ns()
+        # Trains started together (a district-wide check starts hundreds) would send in lockstep: the k-th
+        # train started within the same millisecond begins k·φ (mod 1) of its interval later. A lone train
+        # starts at once.
+        if now - self._last_train_start > 1_000_000:
+            self._train_burst = 0
+        self._last_train_start = now
+        offset = round(((self._train_burst * 0.6180339887498949) % 1.0) * t.interval_ns)
+        self._train_burst += 1
+        self._push(now + offset, t)
         self._arm()
         return t
 

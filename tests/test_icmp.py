@@ -329,6 +329,20 @@ def test_concurrent_trains_share_one_socket() -> None:
 
 
 @needs_root
+def test_trains_started_together_are_staggered() -> None:
+    async def go() -> list[IcmpResult]:
+        async with IcmpEngine(batch_window=0.002) as engine:
+            settings = IcmpSettings(count=3, interval=0.1)
+            return list(await asyncio.gather(*(engine.train(f"127.0.4.{i}", settings) for i in range(1, 21))))
+
+    rs = run(go())
+    assert all(r.received == 3 for r in rs)
+    firsts = sorted(r.samples[0][0] for r in rs)
+    assert max(firsts) - min(firsts) > 0.05  # spread over the interval, not 20 echoes at once
+    assert statistics.median(b - a for a, b in itertools.pairwise(firsts)) > 0.001
+
+
+@needs_root
 def test_forged_and_stray_replies_are_counted_and_ignored() -> None:
     """Replies with the right sequence but the wrong source, token, length or identifier must not count."""
 
