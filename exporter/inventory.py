@@ -11,6 +11,7 @@ name for a typo, and never repeat a secret.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
@@ -788,8 +789,75 @@ def parse_inventory(
 
     `strict_time` reports one-off sessions that have already ended (what `inventory check` wants);
     the exporter passes False so that a file that was valid yesterday keeps loading today.
+
+    Speed: ruamel.yaml's round-trip loader (needed for line numbers) is pure Python and takes about a minute
+    for 10,000 villages on this machine. So a file is first read with libyaml (PyYAML's C loader, restricted to
+    YAML 1.2's core types so both readers agree); only when that copy has a problem is it read again with
+    ruamel to place every message at its line.
     """
-    data = _load_yaml(text, filename)
+    fast = _load_yaml_fast(text)
+    if fast is not _SLOW:
+        try:
+            return _parse(fast, filename, now=now, strict_time=strict_time)
+        except InventoryError:
+            pass  # re-read with positions, so every message gets its line
+    return _parse(_load_yaml(text, filename), filename, now=now, strict_time=strict_time)
+
+
+_SLOW = object()
+
+
+def _load_yaml_fast(text: str) -> Any:
+    """libyaml's parse, or _SLOW when it is unavailable or the text needs ruamel's careful messages."""
+    try:
+        import yaml
+    except ImportError:
+        return _SLOW
+    loader_cls = getattr(yaml, "CSafeLoader", None)
+    if loader_cls is None:
+        return _SLOW
+    try:
+        return yaml.load(text, Loader=_core_schema_loader(yaml, loader_cls))  # a SafeLoader subclass
+    except Exception:  # syntax errors, duplicate keys: the slow path explains them with positions
+        return _SLOW
+
+
+@functools.cache
+def _core_schema_loader(yaml: Any, base: Any) -> Any:
+    """A libyaml SafeLoader that resolves plain scalars like YAML 1.2's core schema (as ruamel does): no
+    yes/no/on/off booleans, no sexagesimal numbers, and duplicate keys refused."""
+
+    class CoreLoader(base):
+        yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, Any]]]] = {}
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            if len(keys) != len(set(map(repr, keys))):
+                raise yaml.constructor.ConstructorError(None, None, "duplicate key", node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    for tag, regexp, first in (
+        ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        (
+            "tag:yaml.org,2002:float",
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+            "-+0123456789.",
+        ),
+        ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        (
+            "tag:yaml.org,2002:timestamp",
+            r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
+            r"(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?"
+            r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$",
+            "0123456789",
+        ),
+    ):
+        CoreLoader.add_implicit_resolver(tag, re.compile(regexp), list(first))
+    return CoreLoader
+
+
+def _parse(data: Any, filename: str, *, now: datetime | None, strict_time: bool) -> Inventory:
     if data is None:
         raise InventoryError(
             [Problem(filename, 1, 1, "the file is empty: an inventory needs at least district, kecamatan and villages")]

@@ -659,3 +659,27 @@ def test_slugify() -> None:
     assert slugify("Genteng Kulon") == "genteng-kulon"
     assert slugify("  Lemahbang_Dewo!! ") == "lemahbang-dewo"
     assert slugify("???") == "x"
+
+
+@pytest.mark.parametrize(
+    "path", [ROOT / "inventory.yaml", *sorted((ROOT / "tests/testdata/inventories/good").glob("*.yaml"))]
+)
+def test_fast_and_positioned_readers_agree(path: Path) -> None:
+    """The libyaml first read must give the very inventory the ruamel read (used for messages) gives."""
+    from exporter import inventory as inv_mod
+
+    text = path.read_text()
+    fast = inv_mod._load_yaml_fast(text)
+    assert fast is not inv_mod._SLOW
+    slow = inv_mod._load_yaml(text, str(path))
+    assert inv_mod._parse(fast, str(path), now=None, strict_time=False) == inv_mod._parse(
+        slow, str(path), now=None, strict_time=False
+    )
+
+
+@pytest.mark.parametrize("text", ["a: yes\n", "a: 1:30\n", "a: 1\na: 2\n", "a: [1\n"])
+def test_fast_reader_defers_what_yaml_1_1_would_read_differently(text: str) -> None:
+    from exporter import inventory as inv_mod
+
+    data = inv_mod._load_yaml_fast(text)
+    assert data is inv_mod._SLOW or data == {"a": "yes"} or data == {"a": "1:30"}
