@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from exporter.commands import icmp, inventory, reflector, serve, snmp, stamp, throughput, trace
+from exporter.commands import dashboards, icmp, inventory, reflector, serve, snmp, stamp, throughput, trace
 
 app = typer.Typer(
     name="desanet",
@@ -28,6 +28,7 @@ for module in (icmp, stamp, throughput, snmp, trace):
     module.register(probe_app)
 reflector.register(app)
 serve.register(app)
+dashboards.register(app)
 
 
 def _register_lab() -> None:
