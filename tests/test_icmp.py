@@ -537,6 +537,92 @@ def test_ping_socket_when_the_group_range_allows(netns: str) -> None:
     assert (six.socket_kind, six.received) == ("dgram", 5)
 
 
+class DelayedResponder:
+    """Answers echo requests to some 127.0.0.x addresses `delay` seconds late, from a thread, inside a namespace
+    whose kernel does not answer pings itself: replies then trickle in between the engine's ticks, as they do
+    on a real link (loopback answers during sendto)."""
+
+    def __init__(self, ns: str, addresses: list[str], delay: float):
+        import threading
+
+        from lab.netns import socket_in_netns
+
+        self.delay = delay
+        self.socks: dict[str, socket.socket] = {}
+        for a in addresses:
+            sk = socket_in_netns(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            sk.bind((a, 0))  # replies leave from the address that was pinged
+            sk.setblocking(False)
+            self.socks[a] = sk
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import heapq
+        import select
+
+        due: list[tuple[float, str, bytes]] = []
+        deadline = time.monotonic() + 30  # bounded whatever the test does
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            timeout = max(0.0, min(0.002, due[0][0] - time.monotonic())) if due else 0.002
+            ready, _, _ = select.select(list(self.socks.values()), [], [], timeout)
+            for sk in ready:
+                while True:
+                    try:
+                        pkt = sk.recv(4096)
+                    except BlockingIOError:
+                        break
+                    ihl = (pkt[0] & 15) * 4
+                    dst = socket.inet_ntoa(pkt[16:20])
+                    icmp = bytearray(pkt[ihl:])
+                    if icmp[0] != 8 or dst not in self.socks or sk is not self.socks[dst]:
+                        continue
+                    icmp[0] = 0
+                    icmp[2:4] = b"\0\0"
+                    icmp[2:4] = struct.pack("!H", checksum(bytes(icmp)))
+                    heapq.heappush(due, (time.monotonic() + self.delay, dst, bytes(icmp)))
+            while due and due[0][0] <= time.monotonic():
+                _, dst, reply = heapq.heappop(due)
+                self.socks[dst].sendto(reply, ("127.0.0.1", 0))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for sk in self.socks.values():
+            sk.close()
+
+
+@needs_netns
+def test_replies_arriving_between_ticks(netns: str) -> None:
+    """20 ms replies: continuous targets (dense ticks, reader off) and a sparse train (reader on) both match
+    every reply, and no RTT comes out below the responder's delay (TX and RX stamps belong together)."""
+    from lab.netns import write_sysctls
+
+    write_sysctls(netns, {"ipv4/icmp_echo_ignore_all": "1"})
+    addresses = [f"127.0.0.{i}" for i in range(2, 12)]
+    responder = DelayedResponder(netns, addresses, 0.020)
+
+    async def go() -> tuple[list[IcmpResult], IcmpResult, dict[str, int]]:
+        async with IcmpEngine() as engine:
+            ts = [engine.add_target(a, 0.05, settings=IcmpSettings(timeout=0.5), capacity=100) for a in addresses]
+            train = await engine.train("127.0.0.2", IcmpSettings(count=5, interval=0.2, timeout=0.5))
+            await asyncio.sleep(0.6)
+            return [t.window(1.0) for t in ts], train, dict(vars(engine.stats))
+
+    try:
+        windows, train, stats = in_ns(netns, go)
+    finally:
+        responder.close()
+    for r in [*windows, train]:
+        assert r.sent >= 5 and r.received == r.sent, r
+        assert r.rtt is not None and r.rtt.min >= 0.020 and r.rtt.p50 < 0.035, r.rtt
+        assert r.timestamping == "kernel"
+    assert stats["late"] == stats["foreign"] == stats["malformed"] == stats["internal_errors"] == 0
+    # 200 echoes a second with replies in between: the ticks drain them, the reader rarely has to wake.
+    assert stats["reader_wakeups"] < stats["replies"] / 4
+
+
 @needs_root
 def test_no_permission_is_a_clear_error() -> None:
     if ping_group_allows():
