@@ -26,6 +26,13 @@ def labels(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
 
 
 def number(v: float | int | bool) -> str:
+    if isinstance(v, float):  # the common case first: this runs for every sample of every village
+        if v == v and v not in (math.inf, -math.inf):
+            return repr(v) if not v.is_integer() or abs(v) >= 1e15 else str(int(v))
+    elif isinstance(v, bool):
+        return "1" if v else "0"
+    elif isinstance(v, int):
+        return str(v)
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, int):
@@ -108,7 +115,7 @@ class Exposition:
 
     def render(self) -> str:
         parts: list[str] = []
-        with self.lock:
+        with self.lock:  # copy references only; the join happens outside, so put() never waits for it
             for spec in self.specs:
                 frag = self.fragments[spec.name]
                 if frag:

@@ -99,7 +99,6 @@ class VillageState:
     next_session: tuple[Session, datetime] | None = None
     profiles: list[Profile] = field(default_factory=list)
     next_due: dict[str, float] = field(default_factory=dict)  # probe -> monotonic due time
-    dirty: bool = True
 
     @classmethod
     def create(cls, inv: Inventory, village: Village) -> VillageState:
@@ -124,4 +123,3 @@ class VillageState:
         if rtt is not None:
             self.received[method] = self.received.get(method, 0) + 1
             self.hist.setdefault(method, Histogram()).observe(rtt)
-        self.dirty = True
