@@ -756,7 +756,6 @@ class IcmpEngine:
         self._dirty_groups: set[int] = set()
         self._epoch_ns = time.monotonic_ns()
         self._trains: set[Train] = set()
-        self._last_train_start = 0
         self._train_burst = 0
         self._closed = False
         self.stats = EngineStats()
@@ -842,16 +841,18 @@ class IcmpEngine:
         t.future.add_done_callback(lambda _f: self._trains.discard(t))
         now = time.monotonic_ns()
         # Trains started together (a district-wide check starts hundreds) would send in lockstep: the k-th
-        # train started within the same millisecond begins k·φ (mod 1) of its interval later. A lone train
-        # starts at once.
-        if now - self._last_train_start > 1_000_000:
-            self._train_burst = 0
-        self._last_train_start = now
+        # train started in the same event-loop iteration begins k·φ (mod 1) of its interval later. A lone
+        # train starts at once.
+        if self._train_burst == 0:
+            self._loop_or_raise().call_soon(self._end_train_burst)
         offset = round(((self._train_burst * 0.6180339887498949) % 1.0) * t.interval_ns)
         self._train_burst += 1
         self._push(now + offset, t)
         self._arm()
         return t
+
+    def _end_train_burst(self) -> None:
+        self._train_burst = 0
 
     def add_target(
         self,
