@@ -1409,28 +1409,3 @@ def problem_json(problem: Problem, lang: Lang) -> dict[str, Any]:
         },
         "lang": lang,
     }
-
-
-__all__ = [
-    "TIME_LIMIT_SECONDS",
-    "CheckError",
-    "Explanation",
-    "HistoryDay",
-    "HistoryError",
-    "Note",
-    "Options",
-    "Probers",
-    "Problem",
-    "ProfileChoice",
-    "Report",
-    "busiest_port",
-    "choose_profile",
-    "exit_code",
-    "explain",
-    "fetch_history",
-    "load_village",
-    "locate_step",
-    "measurements_from",
-    "run_check",
-    "to_json",
-]

@@ -750,3 +750,31 @@ def test_the_printed_report_in_indonesian_has_no_english(inv: Inventory, village
     console = Console(record=True, width=100, force_terminal=False)
     cli.print_report(report, "en", console)
     assert "Verdict: NOT READY for a meet-hd call at Kabat" in console.export_text()
+
+
+def test_the_command_registers_on_a_typer_app(capsys: pytest.CaptureFixture[str]) -> None:
+    """What exporter/cli.py will do: `register(app)`; then `desanet check NAME …` parses as documented."""
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    cli.register(app)
+    sub = typer.Typer()
+    sub.command("other")(lambda: None)  # a second command, so that `check` is a subcommand as in the real CLI
+    app.add_typer(sub, name="other")
+    runner = CliRunner()
+    result = runner.invoke(app, ["check", "kalibaru", "--lang", "en", "--inventory", str(ROOT / "inventory.yaml")])
+    assert result.exit_code == 2
+    assert "could be more than one village" in result.output and "kalibaru-wetan" in result.output
+    result = runner.invoke(app, ["check", "kabat", "--lang", "xx"])
+    assert result.exit_code == 2  # a usage error is "could not measure" too
+    result = runner.invoke(app, ["check", "--help"])
+    assert result.exit_code == 0 and "--no-throughput" in result.output and "--prometheus" in result.output
+
+
+def test_an_unknown_profile_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.run("kabat", profile="no-such", lang="id", as_json=True, inventory=ROOT / "inventory.yaml")
+    assert code == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"]["code"] == "unknown_profile"
+    assert out["error"]["message"].startswith("tidak ada profil bernama “no-such”")
