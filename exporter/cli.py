@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from exporter.commands import dashboards, icmp, inventory, reflector, serve, snmp, stamp, throughput, trace
+from exporter.commands import check, dashboards, icmp, inventory, reflector, serve, snmp, stamp, throughput, trace
 
 app = typer.Typer(
     name="desanet",
@@ -29,6 +29,7 @@ for module in (icmp, stamp, throughput, snmp, trace):
 reflector.register(app)
 serve.register(app)
 dashboards.register(app)
+check.register(app)
 
 
 def _register_lab() -> None:

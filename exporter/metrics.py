@@ -142,7 +142,10 @@ def render_village(vs: VillageState, now: float | None = None) -> LineBuilder:
     now = now or time.time()
     v = vs.village
     b = LineBuilder(vs.base_labels)
-    b.sample(VILLAGE_INFO, 1, _l(name=v.name, kind=v.kind, router=v.address, latitude=v.lat, longitude=v.lon))
+    own = vs.profiles[0].name if vs.profiles else ""  # the village's own profile; sessions may add others
+    b.sample(
+        VILLAGE_INFO, 1, _l(name=v.name, kind=v.kind, router=v.address, latitude=v.lat, longitude=v.lon, profile=own)
+    )
     b.sample(CONTRACTED, v.contracted.down_mbit * 1e6 / 8, 'direction="down"')
     b.sample(CONTRACTED, v.contracted.up_mbit * 1e6 / 8, 'direction="up"')
 

@@ -51,10 +51,35 @@ def _run(argv: list[str], input_: str | None = None, check: bool = True) -> subp
     return proc
 
 
-def _ns_batch(ns: str | None, lines: Iterable[str]) -> None:
+def _ns_batch(ns: str | None, lines: Iterable[str], check: bool = True) -> None:
     text = "\n".join(lines) + "\n"
     argv = ["ip", "-batch", "-"] if ns is None else ["ip", "-n", ns, "-batch", "-"]
-    _run(argv, text)
+    if check:
+        _run(argv, text)
+    else:  # -force: go on past lines that fail (a route someone already removed)
+        _run(["ip", "-force", *argv[1:]], text, check=False)
+
+
+def _guard_host(lp: LabPlan, state: dict[str, Any]) -> None:
+    """Blackhole the lab's addresses in the host namespace while the lab is up.
+
+    The inventory's router addresses only exist inside the lab; a probe typed in the host namespace by
+    mistake (instead of through `desanet lab exec`) would otherwise follow the host's default route out of the
+    machine. A blackhole route makes such a send fail at once, locally. Only addresses the host would send
+    out of an interface are guarded (none inside the test suite's empty namespace); `down` removes them.
+    """
+    guard = []
+    for addr in [*(v.router for v in lp.villages), NOC_ADDR, CORE_NOC_ADDR, *(k.kec_addr for k in lp.kecamatan)]:
+        got = subprocess.run(["ip", "-j", "route", "get", addr], capture_output=True, text=True, check=False)
+        try:
+            route = json.loads(got.stdout or "[]")[0]
+        except (ValueError, IndexError):
+            continue
+        if "gateway" in route or route.get("dev") not in (None, "lo"):
+            guard.append(f"{addr}/32")
+    if guard:
+        _ns_batch(None, (f"route replace blackhole {net}" for net in guard))
+    state["host_guard"] = guard
 
 
 def preflight() -> None:
@@ -201,6 +226,8 @@ def up(inventory_path: Path, *, services: bool = True, progress: Any = None) -> 
     }
     save_state(state)  # from here on, `down` can clean up whatever exists
 
+    _guard_host(lp, state)
+    save_state(state)
     say(f"creating {len(lp.namespaces())} network namespaces")
     _ns_batch(None, (f"netns add {ns}" for ns in lp.namespaces()))
     links = [f"link add name core netns {lp.noc_ns} type veth peer name noc netns {lp.core_ns}"]
@@ -371,6 +398,9 @@ def down(prefix: str | None = None) -> list[str]:
         n = len([e for e in state.get("pids", {}).values() if _alive(e)])
         _stop_processes(state)
         removed.append(f"{n} processes")
+    if state is not None and state.get("host_guard"):
+        _ns_batch(None, (f"route del blackhole {net}" for net in state["host_guard"]), check=False)
+        removed.append(f"{len(state['host_guard'])} host guard routes")
     names = netns.list_netns(f"{p}-")
     if names:
         # Deleting a namespace deletes its veths, qdiscs and firewall rules with it.
