@@ -199,7 +199,7 @@ def start_exporter(state: dict[str, Any], inventory: Path, console: Console) -> 
 
 
 def main() -> None:
-    console = Console(stderr=False)
+    console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets the whole table
     state = labmod.load_state()
     if state is None or not state.get("complete"):
         console.print("[red]the lab is not up: run `desanet lab up` first[/]")
