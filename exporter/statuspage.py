@@ -42,7 +42,8 @@ def _verdict(vs: VillageState) -> tuple[str, str, Any]:
     if not vs.readiness:
         return "unknown", "", None
     worst = max(vs.readiness.values(), key=lambda r: ("ready", "unknown", "at_risk", "not_ready").index(r.verdict))
-    return worst.verdict, worst.limiting or "", worst
+    # A ready village's "limiting" factor is only the one nearest its limit: not worth a NOC's attention here.
+    return worst.verdict, "" if worst.verdict == "ready" else (worst.limiting or ""), worst
 
 
 def render_index(villages: list[VillageState], district: str, started: float, reload_ok: bool) -> str:
