@@ -199,14 +199,14 @@ def test_result_to_dict_has_exactly_the_documented_keys() -> None:
 # ---------------------------------------------------------------------------------------------- TCP
 @needs_iperf3
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("direction", ["up", "down"])
+@pytest.mark.parametrize("direction", ["down", "up"])
 def test_tcp_figure_and_bytes_match_the_server(make_server: Callable[..., Iperf3Server], direction: Direction) -> None:
     srv = make_server(one_off=True, json_output=True)
     res = run(probe(HOST, ThroughputSettings(port=srv.port, direction=direction, max_seconds=2)))
-    r = res.up if direction == "up" else res.down
-    assert r is not None and (res.down if direction == "up" else res.up) is None
+    r = res.down if direction == "down" else res.up
+    assert r is not None and (res.up if direction == "down" else res.down) is None
     end = srv.report()["end"]
-    server_bytes = end["sum_received"]["bytes"] if direction == "up" else end["sum_sent"]["bytes"]
+    server_bytes = end["sum_received"]["bytes"] if direction == "down" else end["sum_sent"]["bytes"]
     print(
         f"\n{direction}: ours {r.bits_per_second / 1e9:.2f} Gbit/s over {r.seconds:.2f} s "
         f"(converged={r.converged}), {r.bytes} bytes; server {server_bytes} bytes"
@@ -214,7 +214,7 @@ def test_tcp_figure_and_bytes_match_the_server(make_server: Callable[..., Iperf3
     assert r.bits_per_second > 1e9  # sane for loopback, even for Python on a small VM
     assert r.link_bits_per_second >= r.bits_per_second
     assert 0.5 <= r.seconds <= 2.1
-    # Upload: the server read everything we wrote. Download: we read all the server wrote but what was
+    # Download: the server read everything we wrote. Upload: we read all the server wrote but what was
     # still in its socket buffer (a few MB) when the test ended.
     assert abs(r.bytes - server_bytes) <= max(0.01 * server_bytes, 8 << 20)
     assert r.retransmits is not None and r.retransmits >= 0
@@ -224,11 +224,11 @@ def test_tcp_figure_and_bytes_match_the_server(make_server: Callable[..., Iperf3
 @pytest.mark.timeout(60)
 def test_both_directions_parallel_streams(server: Iperf3Server) -> None:
     res = run(probe(HOST, ThroughputSettings(port=server.port, parallel=3, max_seconds=1, omit_seconds=0.2)))
-    assert res.down is not None and res.up is not None
-    for r in (res.down, res.up):
+    assert res.up is not None and res.down is not None
+    for r in (res.up, res.down):
         assert r.bits_per_second > 1e9
         assert r.jitter_seconds is None and r.loss_ratio is None and r.reordered is None
-    assert set(res.to_dict()) == {"target", "down", "up"}
+    assert set(res.to_dict()) == {"target", "up", "down"}
 
 
 @needs_iperf3
@@ -236,7 +236,7 @@ def test_both_directions_parallel_streams(server: Iperf3Server) -> None:
 def test_against_iperf3_client_on_the_same_server(server: Iperf3Server) -> None:
     """Not a race (C versus Python on two vCPUs); prints both figures for the record."""
     assert IPERF3 is not None
-    runs: tuple[tuple[Direction, list[str]], ...] = (("up", []), ("down", ["-R"]))
+    runs: tuple[tuple[Direction, list[str]], ...] = (("down", []), ("up", ["-R"]))
     for direction, flag in runs:
         out = subprocess.run(
             [IPERF3, "-c", HOST, "-p", str(server.port), "-t", "2", "-O", "0.5", "-J", *flag],
@@ -247,7 +247,7 @@ def test_against_iperf3_client_on_the_same_server(server: Iperf3Server) -> None:
         )
         theirs = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
         res = run(probe(HOST, ThroughputSettings(port=server.port, direction=direction, max_seconds=2)))
-        r = res.up if direction == "up" else res.down
+        r = res.down if direction == "down" else res.up
         assert r is not None
         ours = r.bits_per_second
         print(f"\n{direction}: desanet {ours / 1e9:.2f} Gbit/s, iperf3 -c {theirs / 1e9:.2f} Gbit/s")
@@ -256,26 +256,26 @@ def test_against_iperf3_client_on_the_same_server(server: Iperf3Server) -> None:
 
 @needs_iperf3
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("direction", ["up", "down"])
+@pytest.mark.parametrize("direction", ["down", "up"])
 def test_max_bytes_bounds_the_test(server: Iperf3Server, direction: Direction) -> None:
     cap = 200_000_000
     res = run(probe(HOST, ThroughputSettings(port=server.port, direction=direction, max_bytes=cap)))
-    r = res.up or res.down
+    r = res.down or res.up
     assert r is not None
-    # Upload stops writing at the cap; download stops within one sampling tick plus what was in flight.
-    assert r.bytes <= cap + (0 if direction == "up" else 64 << 20)
+    # Download stops writing at the cap; upload stops within one sampling tick plus what was in flight.
+    assert r.bytes <= cap + (0 if direction == "down" else 64 << 20)
     assert r.seconds < 5
 
 
 # ---------------------------------------------------------------------------------------------- UDP
 @needs_iperf3
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("direction", ["up", "down"])
+@pytest.mark.parametrize("direction", ["down", "up"])
 def test_udp_rehearsal_at_20_mbit(make_server: Callable[..., Iperf3Server], direction: Direction) -> None:
     srv = make_server(one_off=True, json_output=True)
     s = ThroughputSettings(port=srv.port, direction=direction, protocol="udp", udp_bitrate_bps=20e6, max_seconds=2)
     res = run(probe(HOST, s))
-    r = res.up if direction == "up" else res.down
+    r = res.down if direction == "down" else res.up
     assert r is not None
     report = srv.report()
     server_sum = report["end"]["sum"]
@@ -310,7 +310,7 @@ def test_out_of_order_count_from_the_servers_report() -> None:
 @pytest.mark.timeout(60)
 def test_udp_sender_that_cannot_keep_pace_says_so(server: Iperf3Server) -> None:
     async def scenario() -> None:
-        s = ThroughputSettings(port=server.port, direction="up", protocol="udp", udp_bitrate_bps=10e6, max_seconds=2)
+        s = ThroughputSettings(port=server.port, direction="down", protocol="udp", udp_bitrate_bps=10e6, max_seconds=2)
         task = asyncio.create_task(probe(HOST, s))
         await asyncio.sleep(0.5)
         time.sleep(1.0)  # the event loop stalls for a second: no datagram leaves
@@ -323,7 +323,7 @@ def test_udp_sender_that_cannot_keep_pace_says_so(server: Iperf3Server) -> None:
 # ---------------------------------------------------------------------------------------------- failures
 @needs_iperf3
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("direction", "protocol"), [("up", "tcp"), ("down", "tcp"), ("up", "udp"), ("down", "udp")])
+@pytest.mark.parametrize(("direction", "protocol"), [("down", "tcp"), ("up", "tcp"), ("down", "udp"), ("up", "udp")])
 def test_far_end_dying_mid_test_is_a_clear_error(
     server: Iperf3Server, direction: Direction, protocol: Protocol
 ) -> None:
@@ -358,7 +358,7 @@ def test_far_end_dying_mid_test_is_a_clear_error(
 def test_busy_server_is_refused_in_words(server: Iperf3Server) -> None:
     async def scenario() -> None:
         first = asyncio.create_task(
-            probe(HOST, ThroughputSettings(port=server.port, direction="up", protocol="udp", max_seconds=2))
+            probe(HOST, ThroughputSettings(port=server.port, direction="down", protocol="udp", max_seconds=2))
         )
         await asyncio.sleep(0.5)
         t = time.monotonic()
@@ -366,14 +366,14 @@ def test_busy_server_is_refused_in_words(server: Iperf3Server) -> None:
             await probe(HOST, ThroughputSettings(port=server.port))
         assert time.monotonic() - t < 1.0
         res = await first  # the running test was not disturbed
-        assert res.up is not None and res.up.loss_ratio == 0
+        assert res.down is not None and res.down.loss_ratio == 0
 
     run(scenario())
 
 
 @needs_iperf3
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(("direction", "protocol"), [("up", "tcp"), ("down", "tcp"), ("up", "udp"), ("down", "udp")])
+@pytest.mark.parametrize(("direction", "protocol"), [("down", "tcp"), ("up", "tcp"), ("down", "udp"), ("up", "udp")])
 def test_cancel_stops_both_ends(server: Iperf3Server, direction: Direction, protocol: Protocol) -> None:
     async def scenario() -> None:
         s = ThroughputSettings(
@@ -389,8 +389,8 @@ def test_cancel_stops_both_ends(server: Iperf3Server, direction: Direction, prot
         with pytest.raises(asyncio.CancelledError):
             await task
         # The server took the CLIENT_TERMINATE and is free at once: no orphan test holds it.
-        res = await probe(HOST, ThroughputSettings(port=server.port, direction="up", max_seconds=1, omit_seconds=0.2))
-        assert res.up is not None and res.up.bytes > 0
+        res = await probe(HOST, ThroughputSettings(port=server.port, direction="down", max_seconds=1, omit_seconds=0.2))
+        assert res.down is not None and res.down.bytes > 0
 
     before = fds()
     run(scenario())
@@ -427,8 +427,8 @@ def test_cli_json_for_an_address(server: Iperf3Server) -> None:
     res = _cli(HOST, "--port", str(server.port), "--max-seconds", "1", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out) == {"target", "down", "up"} and out["target"] == HOST
-    assert set(out["down"]) == RESULT_KEYS and set(out["up"]) == RESULT_KEYS
+    assert set(out) == {"target", "up", "down"} and out["target"] == HOST
+    assert set(out["up"]) == RESULT_KEYS and set(out["down"]) == RESULT_KEYS
 
     res = _cli(
         HOST,
@@ -440,19 +440,19 @@ def test_cli_json_for_an_address(server: Iperf3Server) -> None:
         "--size",
         "1000",
         "-d",
-        "up",
+        "down",
         "--max-seconds",
         "1.5",
         "--json",
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["down"] is None and out["up"]["loss_ratio"] == 0
-    assert out["up"]["bits_per_second"] == pytest.approx(5e6, rel=0.05)
+    assert out["up"] is None and out["down"]["loss_ratio"] == 0
+    assert out["down"]["bits_per_second"] == pytest.approx(5e6, rel=0.05)
 
-    res = _cli(HOST, "--port", str(server.port), "--max-seconds", "1", "-d", "down")
+    res = _cli(HOST, "--port", str(server.port), "--max-seconds", "1", "-d", "up")
     assert res.exit_code == 0, res.output
-    assert "goodput" in res.stdout and "down" in res.stdout
+    assert "goodput" in res.stdout and "up" in res.stdout
 
 
 def _village_inventory(tmp_path: Path, port: int) -> Path:
@@ -487,9 +487,9 @@ def test_cli_village_rules(server: Iperf3Server, tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {"DESANET_STATE_DIR": str(state)}
 
-    res = _cli("sarongan", "--inventory", str(inv), "-d", "up", "--json", env=env)
+    res = _cli("sarongan", "--inventory", str(inv), "-d", "down", "--json", env=env)
     assert res.exit_code == 0, res.output
-    up = json.loads(res.stdout)["up"]
+    up = json.loads(res.stdout)["down"]
     ledger = json.loads((state / LEDGER_FILE).read_text())["villages"]["sarongan"]
     assert ledger["bytes"] == up["bytes"] and ledger["seconds"] == pytest.approx(up["seconds"], abs=0.01)
 
