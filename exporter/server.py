@@ -82,6 +82,7 @@ class SelfCollector(Collector):
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "desanet"
+    timeout = 30  # seconds a client may stay silent (handshake, request) before its thread gives up
     app: App  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -278,7 +279,8 @@ def serve_http(app: App, listen: str, web_config: str | None) -> ThreadingHTTPSe
     if web_config:
         cfg = parse_web_config(web_config)
         if cfg.tls:
-            httpd.socket = cfg.ssl_context().wrap_socket(httpd.socket, server_side=True)
+            # Handshake in the request's own thread: done in accept(), one silent client would stall them all.
+            httpd.socket = cfg.ssl_context().wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
     log.info("listening", extra={"address": listen, "tls": bool(web_config and Path(web_config).exists())})
     return httpd
