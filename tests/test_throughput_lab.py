@@ -1,0 +1,296 @@
+"""The throughput probe on the lab's capped links, against the lab's own truth and Debian's iperf3 client.
+
+What a NOC operator relies on: the figure desanet reports for a village link is the link's rate (within 2 %
+of the tbf cap it was given, after at most 5 s each way) and no worse than what iperf3 itself would say;
+a UDP rehearsal above the cap shows the loss the cap causes and none below it; the budget, session and
+uplink rules hold when the real CLI is used; a far end that dies mid-test ends in a clear error in time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+from probes.throughput import ThroughputError, ThroughputSettings, probe
+from tests.conftest import Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+IDEAL = 1448 / 1514  # TCP payload per frame tbf counts (MSS 1448 with timestamps, 14-byte Ethernet header)
+CAPPED = "kepatihan"  # kecamatan Banyuwangi: no other lab test touches it
+MAX_SECONDS = 5.0
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _iperf3(lab: Lab, address: str, *, reverse: bool, seconds: int = 5) -> float:
+    """Debian's iperf3 client from the NOC: what the receiving end counted (end.sum_received), bit/s."""
+    argv = ["iperf3", "-c", address, "-p", "5201", "-t", str(seconds), "-J"]
+    if reverse:
+        argv.append("-R")
+    for _ in range(5):  # the server runs one test at a time; the probe's test may still be closing
+        proc = lab.noc(*argv, timeout=seconds + 20)
+        data = json.loads(proc.stdout or "{}")
+        if "error" not in data and proc.returncode == 0:
+            return float(data["end"]["sum_received"]["bits_per_second"])
+        time.sleep(0.5)
+    raise AssertionError(f"iperf3 failed: {proc.stdout[-500:]} {proc.stderr}")
+
+
+def _cap(lab: Lab, slug: str, mbit: float, *extra: str) -> None:
+    lab.impair(slug, "--restore", "--rate", f"{mbit:g}", "--up-rate", f"{mbit:g}", *extra)
+
+
+def _plan(lab: Lab) -> dict[str, Any]:
+    plan: dict[str, Any] = json.loads((Path("/run/desanet-lab") / lab.prefix / "state.json").read_text())["plan"]
+    return plan
+
+
+def _tbf_drops(lab: Lab, slug: str) -> tuple[int, int]:
+    """(dropped toward the village, dropped toward the NOC) by the link's two tbf qdiscs so far."""
+    plan = _plan(lab)
+    v = next(v for v in plan["villages"] if v["slug"] == slug)
+    kec = next(k for k in plan["kecamatan"] if k["index"] == v["kecamatan"])
+
+    def drops(ns: str, dev: str) -> int:
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, "tc", "-s", "-j", "qdisc", "show", "dev", dev],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return sum(int(q.get("drops", 0)) for q in json.loads(out) if q.get("kind") == "tbf")
+
+    return drops(kec["ns"], v["kec_if"]), drops(v["ns"], "up0")
+
+
+# --------------------------------------------------------------------------------------------- TCP goodput
+@pytest.mark.parametrize("cap_mbit", [5, 20, 50, 100])
+def test_tcp_link_rate_matches_the_cap_and_iperf3(lab: Lab, cap_mbit: int) -> None:
+    address = lab.address(CAPPED)
+    _cap(lab, CAPPED, cap_mbit)
+    try:
+        res = lab.run_in_noc(probe(address, ThroughputSettings(direction="both", max_seconds=MAX_SECONDS)))
+        ref_down = _iperf3(lab, address, reverse=False)  # down: the NOC sends toward the village
+        ref_up = _iperf3(lab, address, reverse=True)  # up: iperf3 -R, the village server sends
+    finally:
+        lab.restore(CAPPED)
+    cap, ideal = cap_mbit * 1e6, cap_mbit * 1e6 * IDEAL
+    for r, ref in ((res.down, ref_down), (res.up, ref_up)):
+        assert r is not None
+        assert r.seconds <= MAX_SECONDS + 0.15, r  # one sampling tick of slack
+        assert abs(r.link_bits_per_second / cap - 1) <= 0.02, (r, cap)
+        # "As close to the ideal as iperf3": both land within a few tenths of a per cent of it, and which one is
+        # closer in a given run is noise (bench/throughput: differences of ±0.3 % either way, 3 repetitions, on
+        # this shared 2-core box). So the claim tested is "no further from the ideal than iperf3 + 0.5 %",
+        # not a strict ordering that would fail on noise.
+        ours, theirs = abs(r.bits_per_second / ideal - 1), abs(ref / ideal - 1)
+        assert ours <= theirs + 0.005, (r.bits_per_second, ref, ideal)
+
+
+def test_tcp_with_20ms_rtt_reaches_the_cap_within_5s(lab: Lab) -> None:
+    address = lab.address(CAPPED)
+    _cap(lab, CAPPED, 20, "--delay", "10", "--up-delay", "10")
+    try:
+        res = lab.run_in_noc(probe(address, ThroughputSettings(direction="both", max_seconds=MAX_SECONDS)))
+    finally:
+        lab.restore(CAPPED)
+    for r in (res.down, res.up):
+        assert r is not None
+        assert r.seconds <= MAX_SECONDS + 0.15, r
+        assert abs(r.link_bits_per_second / 20e6 - 1) <= 0.02, r
+
+
+# --------------------------------------------------------------------------------------------- UDP rehearsal
+def test_udp_rehearsal_above_the_cap_loses_what_the_cap_drops(lab: Lab) -> None:
+    address = lab.address(CAPPED)
+    settings = ThroughputSettings(protocol="udp", udp_bitrate_bps=8e6, udp_packet_bytes=1200, max_seconds=3.0)
+    _cap(lab, CAPPED, 5)
+    try:
+        before = _tbf_drops(lab, CAPPED)
+        res = lab.run_in_noc(probe(address, settings))
+        after = _tbf_drops(lab, CAPPED)
+    finally:
+        lab.restore(CAPPED)
+    # 1200-byte payloads ride in 1242-byte frames: the cap passes 5 × 1200/1242 Mbit/s of the 8 offered.
+    expected = 1 - 5e6 * 1200 / 1242 / 8e6  # 0.396
+    for r, dropped in ((res.down, after[0] - before[0]), (res.up, after[1] - before[1])):
+        assert r is not None and r.loss_ratio is not None
+        assert abs(r.loss_ratio - expected) < 0.02, (r, expected)
+        # The datagrams the probe counts as lost are the ones the link's tbf dropped (± a few in flight).
+        sent = round(8e6 * r.seconds / (1200 * 8))
+        assert abs(r.loss_ratio * sent - dropped) <= 0.01 * sent + 5, (r, dropped, sent)
+        assert abs(r.link_bits_per_second / 5e6 - 1) < 0.03, r
+
+
+def test_udp_rehearsal_below_the_cap_loses_nothing(lab: Lab) -> None:
+    address = lab.address(CAPPED)
+    settings = ThroughputSettings(protocol="udp", udp_bitrate_bps=3e6, udp_packet_bytes=1200, max_seconds=3.0)
+    _cap(lab, CAPPED, 5)
+    try:
+        res = lab.run_in_noc(probe(address, settings))
+    finally:
+        lab.restore(CAPPED)
+    for r in (res.down, res.up):
+        assert r is not None
+        assert r.loss_ratio == 0, r
+        assert abs(r.bits_per_second / 3e6 - 1) < 0.02, r
+
+
+# --------------------------------------------------------------------------------------------- CLI rules
+EXCLUSIVE = ("bangorejo", "sambimulyo")  # both in kecamatan Bangorejo: one uplink
+
+
+@pytest.fixture
+def cli_env(lab: Lab, tmp_path: Path) -> dict[str, str]:
+    return {**lab.env, "DESANET_STATE_DIR": str(tmp_path / "state")}
+
+
+def _cli(lab: Lab, env: dict[str, str], *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "exporter.cli", "probe", "throughput", *args]
+    argv += ["--inventory", str(inventory or lab.inventory)]
+    proc = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=60, check=False)
+    proc.stderr = " ".join(proc.stderr.split())  # rich wraps long lines at the terminal width
+    return proc
+
+
+def _inventory_copy(lab: Lab, tmp_path: Path, **changes: Any) -> Path:
+    data = yaml.safe_load(lab.inventory.read_text())
+    for key, value in changes.items():
+        if key == "sessions":
+            data["sessions"] = data.get("sessions", []) + value
+        else:
+            data["settings"]["throughput"].update(value)
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_second_test_on_the_same_uplink_is_refused(lab: Lab, cli_env: dict[str, str]) -> None:
+    first, second = EXCLUSIVE
+    lock = Path(cli_env["DESANET_STATE_DIR"]) / "locks" / "uplink-bangorejo.lock"
+    _cap(lab, first, 20)
+    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "exporter.cli", "probe", "throughput", first]
+    # A UDP rehearsal runs its full max_seconds: the first test holds the uplink for a known 3 s.
+    argv += ["--udp", "--bitrate", "2", "--direction", "down", "--max-seconds", "3", "--json"]
+    argv += ["--inventory", str(lab.inventory)]
+    running = subprocess.Popen(argv, env=cli_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            assert running.poll() is None, running.communicate()
+            time.sleep(0.05)
+        refused = _cli(lab, cli_env, second, "--direction", "down", "--max-seconds", "1")
+        out, err = running.communicate(timeout=30)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+        lab.restore(first)
+    assert refused.returncode == 1, refused
+    assert "uplink busy" in refused.stderr and "Bangorejo" in refused.stderr, refused.stderr
+    assert running.returncode == 0, err
+    assert json.loads(out)["down"]["loss_ratio"] == 0
+    # The lock went with the first test: the uplink is free again.
+    again = _cli(lab, cli_env, second, "--direction", "down", "--max-seconds", "1", "--json")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("starts_in_minutes", [-10, 0.25])
+def test_session_window_refused_unless_forced(
+    lab: Lab, cli_env: dict[str, str], tmp_path: Path, starts_in_minutes: float
+) -> None:
+    slug = "singonegaran"
+    start = datetime.now(ZoneInfo("Asia/Jakarta")) + timedelta(minutes=starts_in_minutes)
+    session = {
+        "title": "Rapat uji",
+        "start": start.replace(tzinfo=None, microsecond=0).isoformat(),
+        "duration_minutes": 60,
+        "villages": [slug],
+    }
+    inv = _inventory_copy(lab, tmp_path, sessions=[session])
+    refused = _cli(lab, cli_env, slug, "--direction", "down", "--max-seconds", "1", inventory=inv)
+    assert refused.returncode == 1, refused
+    assert "refused:" in refused.stderr and "Rapat uji" in refused.stderr, refused.stderr
+    assert ("in its scheduled session" if starts_in_minutes < 0 else "within this test's window") in refused.stderr
+    _cap(lab, slug, 20)
+    try:
+        forced = _cli(
+            lab, cli_env, slug, "--direction", "down", "--max-seconds", "1", "--force", "--json", inventory=inv
+        )
+    finally:
+        lab.restore(slug)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["down"]["bits_per_second"] > 0
+
+
+def test_spent_budget_refuses_and_caps_the_test(lab: Lab, cli_env: dict[str, str], tmp_path: Path) -> None:
+    slug = "singonegaran"
+    inv = _inventory_copy(lab, tmp_path, throughput={"budget_megabytes_per_day": 3})
+    _cap(lab, slug, 20)
+    try:
+        first = _cli(lab, cli_env, slug, "--json", inventory=inv)  # both directions: 1.5 MB each at most
+        second = _cli(lab, cli_env, slug, "--json", inventory=inv)
+    finally:
+        lab.restore(slug)
+    assert first.returncode == 0, first.stderr
+    ledger = json.loads((Path(cli_env["DESANET_STATE_DIR"]) / "throughput-budget.json").read_text())
+    result = json.loads(first.stdout)
+    # Each direction gets half the 3 MB. Down, the probe writes and stops at its share exactly.
+    assert result["down"]["bytes"] <= 1_500_000, result
+    # Up, the village's iperf3 server sends until the probe's TEST_END reaches it, and what its socket buffer
+    # and the path already hold still arrives: the probe cannot stop that (iperf3's server ignores a byte
+    # limit in reverse mode). Measured on the lab at 20 Mbit/s: 0.3–0.5 MB over the share (~0.2 s of the cap).
+    # Bound: 0.5 s of the cap, i.e. the charge is honest (it counts those bytes) but can exceed the budget.
+    assert result["up"]["bytes"] <= 1_500_000 + 0.5 * 20e6 / 8, result
+    spent = ledger["villages"][slug]["bytes"]
+    assert spent == result["down"]["bytes"] + result["up"]["bytes"], (ledger, result)  # charged what it moved
+    assert second.returncode == 1, second
+    assert "budget is spent" in second.stderr, second.stderr
+
+
+# --------------------------------------------------------------------------------------------- far end dies
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_far_end_dying_mid_test_is_a_clear_error_in_time(lab: Lab, direction: str) -> None:
+    slug = "singonegaran"
+    address, ns, port = lab.address(slug), lab.village_ns(slug), 5301
+    _cap(lab, slug, 20)
+    # `ip netns exec` execs iperf3 in place, so this PID is the server's own.
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "iperf3", "-s", "-B", address, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ss = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htln", f"sport = :{port}"], capture_output=True)
+            if ss.stdout.strip():
+                break
+            time.sleep(0.05)
+        settings = ThroughputSettings(port=port, direction=direction, max_seconds=5, connect_timeout=2)  # type: ignore[arg-type]
+        killer = threading.Timer(1.5, server.kill)
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(ThroughputError) as info:
+            lab.run_in_noc(probe(address, settings))
+        elapsed = time.monotonic() - t0
+        killer.join()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(timeout=10)
+        lab.restore(slug)
+    message = str(info.value)
+    assert message.startswith(f"{direction}:") and "far end" in message, message
+    assert elapsed < settings.max_seconds, (elapsed, message)  # noticed when it happened, not at the deadline
+    assert info.value.bytes_moved > 0  # what the aborted test cost, for the budget
