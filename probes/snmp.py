@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import os
 import socket
 import time
 import weakref
@@ -46,7 +47,7 @@ from pyasn1.type.univ import Null
 from pysnmp.carrier.asyncio.dgram import udp as _udp
 from pysnmp.carrier.asyncio.dgram import udp6 as _udp6
 from pysnmp.entity import config as _config
-from pysnmp.entity.rfc3413.cmdgen import BulkCommandGeneratorSingleRun
+from pysnmp.entity.rfc3413.cmdgen import BulkCommandGeneratorSingleRun, GetCommandGenerator
 from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,
     ContextData,
@@ -73,6 +74,7 @@ def _o(text: str) -> Oid:
 
 
 SYS_UPTIME = _o("1.3.6.1.2.1.1.3")  # TimeTicks, 1/100 s; the .0 instance
+IF_NUMBER = _o("1.3.6.1.2.1.2.1")  # ifNumber: rows in ifTable; the .0 instance
 IF_COLUMNS: dict[str, Oid] = {
     "name": _o("1.3.6.1.2.1.31.1.1.1.1"),  # ifName
     "alias": _o("1.3.6.1.2.1.31.1.1.1.18"),  # ifAlias
@@ -124,7 +126,7 @@ OID_NAMES: dict[str, str] = {
         ("entPhysical", ENTITY_PHYSICAL_COLUMNS),
     )
     for name, oid in [(f"{prefix}.{k}", v) for k, v in cols.items()]
-} | {"1.3.6.1.2.1.1.3": "sysUpTime"}
+} | {"1.3.6.1.2.1.1.3": "sysUpTime", "1.3.6.1.2.1.2.1": "ifNumber"}
 
 # RFC 3433 EntitySensorDataType values we read; 14 is dBm in CISCO-ENTITY-SENSOR-MIB, which some vendors
 # also use in the standard table.
@@ -134,6 +136,7 @@ _FIRST_GUESS_ROWS = {"if": 4, "mikrotik": 1, "sensor": 8, "physical": 16}
 MAX_ROUNDS = 200  # GETBULK round trips per table: bounds a walk of a broken or enormous agent
 MAX_REPETITIONS = 25
 RECEIVE_BUFFER_BYTES = 4 << 20
+REWALK_EVERY = 20  # polls answered from the known rows before a full walk again (finds rows added in place)
 
 AUTH_PROTOCOLS = ("SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5")
 PRIV_PROTOCOLS = ("AES", "AES192", "AES256", "DES")
@@ -142,6 +145,178 @@ PRIV_PROTOCOLS = ("AES", "AES192", "AES256", "DES")
 _LCD = CommandGeneratorLcdConfigurator()  # its state lives in each engine, so one instance serves all
 _NULL = Null("")
 _ERROR_STATUS = {int(v): k for k, v in _error_status_type.namedValues.items()}
+
+
+# ---------------------------------------------------------------------------------------------- v2c codec
+# SNMPv2c requests and answers are coded here rather than by pysnmp: profiling a district poll showed ~75 %
+# of the poller's CPU in pyasn1's generic BER decoder (object creation per tag), ~0.15 ms per varbind. A
+# v2c message is a fixed, tiny BER subset (RFC 3416 §3: SEQUENCE, INTEGER, OCTET STRING, OID and the SMI
+# application types), so a specialised codec decodes a village's answer for a few per cent of that cost.
+# SNMPv3 (USM auth and privacy) stays with pysnmp.
+_TAG_GET, _TAG_BULK, _TAG_RESPONSE = 0xA0, 0xA5, 0xA2
+_NO_SUCH_OBJECT, _NO_SUCH_INSTANCE, _END_OF_MIB = NoSuchObject(""), NoSuchInstance(""), EndOfMibView("")
+_EXCEPTIONS = {0x80: _NO_SUCH_OBJECT, 0x81: _NO_SUCH_INSTANCE, 0x82: _END_OF_MIB}
+_UNSIGNED = frozenset((0x41, 0x42, 0x43, 0x46, 0x47))  # Counter32, Gauge32, TimeTicks, Counter64, UInteger32
+_BYTES = frozenset((0x04, 0x40, 0x44))  # OCTET STRING, IpAddress, Opaque
+_OID_CACHE: dict[bytes, Oid] = {}
+_ENCODED_OIDS: dict[Oid, bytes] = {}
+_CACHE_LIMIT = 200_000
+
+
+def _ber_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(raw),)) + raw
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    return bytes((tag,)) + _ber_len(len(value)) + value
+
+
+def _ber_int(n: int) -> bytes:
+    return _tlv(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _encode_varbind(oid: Oid) -> bytes:
+    """SEQUENCE { oid, NULL } for a request, cached: a district asks for the same few hundred OIDs each poll."""
+    got = _ENCODED_OIDS.get(oid)
+    if got is None:
+        body = bytearray((40 * oid[0] + oid[1],))
+        for arc in oid[2:]:
+            chunk = [arc & 0x7F]
+            arc >>= 7
+            while arc:
+                chunk.append(0x80 | (arc & 0x7F))
+                arc >>= 7
+            body += bytes(reversed(chunk))
+        got = _tlv(0x30, _tlv(0x06, bytes(body)) + b"\x05\x00")
+        if len(_ENCODED_OIDS) < _CACHE_LIMIT:
+            _ENCODED_OIDS[oid] = got
+    return got
+
+
+def _encode_request(community: bytes, tag: int, request_id: int, a: int, b: int, varbinds: bytes) -> bytes:
+    """A v2c GET (a = b = 0) or GETBULK (a non-repeaters, b max-repetitions) around encoded varbinds."""
+    pdu = _tlv(tag, _ber_int(request_id) + _ber_int(a) + _ber_int(b) + _tlv(0x30, varbinds))
+    return _tlv(0x30, b"\x02\x01\x01" + _tlv(0x04, community) + pdu)
+
+
+def _decode_oid(raw: bytes) -> Oid:
+    got = _OID_CACHE.get(raw)
+    if got is not None:
+        return got
+    first = raw[0]
+    arcs = [first // 40, first % 40] if first < 80 else [2, first - 80]
+    n = 0
+    for c in raw[1:]:
+        n = (n << 7) | (c & 0x7F)
+        if not c & 0x80:
+            arcs.append(n)
+            n = 0
+    got = tuple(arcs)
+    if len(_OID_CACHE) < _CACHE_LIMIT:
+        _OID_CACHE[raw] = got
+    return got
+
+
+def _header(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, length, where the value starts) of the TLV at pos."""
+    tag, n = data[pos], data[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(data[pos : pos + k], "big")
+        pos += k
+    return tag, n, pos
+
+
+def _peek_request_id(data: bytes) -> int | None:
+    """The request-id of a v2c Response, or None for anything else (the full decode checks the rest)."""
+    try:
+        _, _, p = _header(data, 0)  # Message
+        _, n, p = _header(data, p)  # version
+        _, n, p = _header(data, p + n)  # community
+        tag, _, p = _header(data, p + n)  # PDU
+        if tag != _TAG_RESPONSE:
+            return None
+        _, n, p = _header(data, p)
+        return int.from_bytes(data[p : p + n], "big", signed=True)
+    except IndexError:
+        return None
+
+
+def _decode_response(data: bytes) -> tuple[int, int, list[tuple[Oid, Any]]]:
+    """(error-status, error-index, [(oid, value)]) of a v2c Response. Values: int for INTEGER and the
+    unsigned SMI types, bytes for strings and addresses, an OID as a tuple, pysnmp's NoSuchObject /
+    NoSuchInstance / EndOfMibView for the exceptions."""
+    _, _, p = _header(data, 0)
+    _, n, p = _header(data, p)
+    _, n, p = _header(data, p + n)  # community
+    _, _, p = _header(data, p + n)  # PDU
+    _, n, p = _header(data, p)  # request-id
+    _, n2, p = _header(data, p + n)
+    status = int.from_bytes(data[p : p + n2], "big")
+    _, n3, p = _header(data, p + n2)
+    index = int.from_bytes(data[p : p + n3], "big")
+    _, n, p = _header(data, p + n3)  # varbind list
+    end = p + n
+    out: list[tuple[Oid, Any]] = []
+    append = out.append
+    while p < end:
+        _, _, p = _header(data, p)  # varbind SEQUENCE
+        _, n, p = _header(data, p)
+        oid = _decode_oid(data[p : p + n])
+        p += n
+        tag, n, p = _header(data, p)
+        raw = data[p : p + n]
+        p += n
+        if tag == 0x02:
+            append((oid, int.from_bytes(raw, "big", signed=True)))
+        elif tag in _UNSIGNED:
+            append((oid, int.from_bytes(raw, "big")))
+        elif tag in _BYTES:
+            append((oid, raw))
+        elif tag == 0x06:
+            append((oid, _decode_oid(raw)))
+        else:
+            append((oid, _EXCEPTIONS.get(tag)))
+    if p != end:
+        raise ValueError("varbind list overruns its length")
+    return status, index, out
+
+
+class _V2cSocket(asyncio.DatagramProtocol):
+    """One UDP socket for every v2c request of a poller: requests are told apart by request-id, and an
+    answer counts only from the address it was sent to. Timeouts and retries follow pysnmp's meaning
+    (`timeout` per try, `retries` extra tries, the same message re-sent)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[asyncio.Future[bytes], tuple[str, int]]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        rid = _peek_request_id(data)
+        entry = self.pending.get(rid) if rid is not None else None
+        if entry is None:
+            return
+        future, want = entry
+        if (str(addr[0]), int(addr[1])) == want and not future.done():
+            future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: the request times out in its own time
+        pass
+
+    def close(self, reason: Exception) -> None:
+        for future, _ in self.pending.values():
+            if not future.done():
+                future.set_exception(reason)
+        self.pending.clear()
+        if self.transport is not None:
+            self.transport.close()
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -284,6 +459,22 @@ class _Agent:
     semaphore: asyncio.Semaphore
 
 
+@dataclass
+class _Layout:
+    """What the last full walk of an agent found, so the next polls can GET exactly those instances.
+
+    `places[i]` says where the i-th varbind of the GETs goes: (table, column, index suffix), or ("", oid, ())
+    for the scalars sysUpTime.0 and ifNumber.0, which come first."""
+
+    version: str
+    uptime_ticks: int
+    if_number: int | None
+    places: list[tuple[str, Oid, Oid]]
+    oids: list[Oid]
+    chunks: list[tuple[int, int, bytes]]  # (start, stop, encoded varbinds) per GET
+    polls: int = 0
+
+
 class SnmpPoller:
     """Polls many agents from one event loop. Use `async with SnmpPoller() as p: await p.poll_many([...])`.
 
@@ -305,7 +496,11 @@ class SnmpPoller:
         self._reported_ids: dict[tuple[str, int], bytes] = {}  # last seen in any Report
         self._master_keys: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
         self._rows_seen: dict[tuple[tuple[str, int], str], int] = {}
+        self._layouts: dict[tuple[str, int], _Layout] = {}
+        self._v2c: dict[int, _V2cSocket] = {}  # address family → socket
+        self._request_id = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
         self._bulk_gen = BulkCommandGeneratorSingleRun()
+        self._get_gen = GetCommandGenerator()
         self._pending: set[asyncio.Future[Any]] = set()
         self._start_lock = asyncio.Lock()
         self._ready = False
@@ -340,6 +535,9 @@ class SnmpPoller:
         for future in list(self._pending):
             if not future.done():
                 future.set_exception(SnmpError("the SNMP poller was closed"))
+        for sock in self._v2c.values():
+            sock.close(SnmpError("the SNMP poller was closed"))
+        self._v2c.clear()
         self._agents.clear()
 
     async def __aenter__(self) -> SnmpPoller:
@@ -444,19 +642,80 @@ class SnmpPoller:
     async def _collect(
         self, agent: _Agent, auth: Any, s: SnmpSettings
     ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]]:
+        """Read the rows the last walk found with a few GETs; walk everything when there is no such
+        knowledge, every REWALK_EVERY polls, or when the GETs show the agent changed."""
+        layout = self._layouts.get(agent.key)
+        if layout is not None and layout.version == s.version and layout.polls < REWALK_EVERY:
+            layout.polls += 1
+            got = await self._get_known(agent, auth, s, layout)
+            if got is not None:
+                return got
+        self._layouts.pop(agent.key, None)
         tables, scalars = await self._walk_all(agent, auth, s)
         up = scalars.get((*SYS_UPTIME, 0))
         uptime = None if up is None else int(up) / 100.0
         optics = _mikrotik_optics(tables["mikrotik"])
         if not optics and "sensor" in tables:
             optics = _entity_optics(tables["sensor"], tables.get("physical", {}))
+        if up is not None and not any(tables.get("sensor", {}).values()):
+            self._learn(agent, s, tables, int(up), scalars.get((*IF_NUMBER, 0)))
         return uptime, _interfaces(tables["if"]), optics
+
+    def _learn(self, agent: _Agent, s: SnmpSettings, tables: _Tables, uptime: int, if_number: Any) -> None:
+        """Remember which instances the walk returned (only those: a column an agent lacks for some row
+        stays None, as in the walk, instead of triggering a walk every poll)."""
+        places: list[tuple[str, Oid, Oid]] = [("", (*SYS_UPTIME, 0), ())]
+        if if_number is not None:
+            places.append(("", (*IF_NUMBER, 0), ()))
+        for table, columns in (("if", IF_COLUMNS), ("mikrotik", MIKROTIK_OPTICAL_COLUMNS)):
+            got = tables[table]
+            rows = sorted({idx for col in columns.values() for idx in got.get(col, {})})
+            places += [(table, col, idx) for idx in rows for col in columns.values() if idx in got.get(col, {})]
+        oids = [col + idx for _, col, idx in places]
+        n = math.ceil(len(oids) / s.max_varbinds)
+        size = math.ceil(len(oids) / n)
+        chunks = [
+            (i, min(i + size, len(oids)), b"".join(_encode_varbind(o) for o in oids[i : i + size]))
+            for i in range(0, len(oids), size)
+        ]
+        self._layouts[agent.key] = _Layout(
+            s.version, uptime, None if if_number is None else int(if_number), places, oids, chunks
+        )
+
+    async def _get_known(
+        self, agent: _Agent, auth: Any, s: SnmpSettings, layout: _Layout
+    ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]] | None:
+        """The known instances by GET (the chunks side by side), or None when the agent must be walked: it
+        restarted (sysUpTime went back), ifNumber changed, or an instance is gone (noSuchInstance)."""
+        answers = await asyncio.gather(
+            *(self._get(agent, auth, s, layout.oids[a:b], encoded) for a, b, encoded in layout.chunks)
+        )
+        vbs = [vb for answer in answers for vb in answer]
+        if len(vbs) != len(layout.places):
+            return None
+        tables: _Tables = {"if": {c: {} for c in IF_COLUMNS.values()}, "mikrotik": {}}
+        tables["mikrotik"] = {c: {} for c in MIKROTIK_OPTICAL_COLUMNS.values()}
+        scalars: dict[Oid, Any] = {}
+        for (table, col, idx), want, (oid, val) in zip(layout.places, layout.oids, vbs, strict=True):
+            if tuple(oid) != want or val is None or isinstance(val, EndOfMibView | NoSuchObject | NoSuchInstance):
+                return None
+            if table:
+                tables[table][col][idx] = val
+            else:
+                scalars[want] = val
+        uptime = _int(scalars.get((*SYS_UPTIME, 0)))
+        if uptime is None or uptime < layout.uptime_ticks:
+            return None
+        if layout.if_number is not None and _int(scalars.get((*IF_NUMBER, 0))) != layout.if_number:
+            return None
+        layout.uptime_ticks = uptime
+        return uptime / 100.0, _interfaces(tables["if"]), _mikrotik_optics(tables["mikrotik"])
 
     async def _walk_all(self, agent: _Agent, auth: Any, s: SnmpSettings) -> tuple[_Tables, dict[Oid, Any]]:
         # Two small GETBULKs side by side (the agent allows max_per_agent in flight): the interfaces with
         # sysUpTime, and the MikroTik optical table. A dead agent costs one timeout, not two.
         (if_tables, scalars), (mt_tables, _) = await asyncio.gather(
-            self._walk(agent, auth, s, "if", list(IF_COLUMNS.values()), nonrepeaters=[SYS_UPTIME]),
+            self._walk(agent, auth, s, "if", list(IF_COLUMNS.values()), nonrepeaters=[SYS_UPTIME, IF_NUMBER]),
             self._walk(agent, auth, s, "mikrotik", list(MIKROTIK_OPTICAL_COLUMNS.values())),
         )
         tables: _Tables = {"if": if_tables, "mikrotik": mt_tables}
@@ -533,8 +792,85 @@ class SnmpPoller:
     async def _bulk(
         self, agent: _Agent, auth: Any, s: SnmpSettings, nonrep: int, reps: int, oids: Sequence[Oid]
     ) -> list[tuple[Any, Any]]:
-        """One GETBULK. This is hlapi's bulk_cmd without its per-varbind MIB resolution of the request (a
-        large share of the CPU of a poll when profiled, and useless with numeric OIDs)."""
+        """One GETBULK."""
+        if s.version == "2c":
+            encoded = b"".join(_encode_varbind(o) for o in oids)
+            return await self._v2c_request(agent, s, _TAG_BULK, nonrep, reps, encoded)
+        return await self._pysnmp_request(agent, auth, s, self._bulk_gen, (nonrep, reps), oids)
+
+    async def _get(
+        self, agent: _Agent, auth: Any, s: SnmpSettings, oids: Sequence[Oid], encoded: bytes
+    ) -> list[tuple[Any, Any]]:
+        """One GET of `oids` (`encoded` is their v2c varbind list, ready made)."""
+        if s.version == "2c":
+            return await self._v2c_request(agent, s, _TAG_GET, 0, 0, encoded)
+        return await self._pysnmp_request(agent, auth, s, self._get_gen, (), oids)
+
+    async def _v2c_request(
+        self, agent: _Agent, s: SnmpSettings, tag: int, a: int, b: int, varbinds: bytes
+    ) -> list[tuple[Any, Any]]:
+        assert s.community is not None
+        family = socket.AF_INET6 if ":" in agent.key[0] else socket.AF_INET
+        sock = self._v2c.get(family) or await self._v2c_socket(family)
+        self._request_id = (self._request_id + 1) & 0x3FFFFFFF
+        rid = self._request_id
+        message = _encode_request(s.community.encode(), tag, rid, a, b, varbinds)
+        loop = asyncio.get_running_loop()
+        async with agent.semaphore, self._in_flight:
+            future: asyncio.Future[bytes] = loop.create_future()
+            transport = sock.transport
+            if transport is None or transport.is_closing():
+                raise SnmpError("the SNMP poller was closed")
+            tries_left = s.retries
+
+            def expire() -> None:
+                nonlocal tries_left
+                if future.done():
+                    return
+                if tries_left > 0 and not transport.is_closing():
+                    tries_left -= 1
+                    transport.sendto(message, agent.key)
+                    timer[0] = loop.call_later(s.timeout_seconds, expire)
+                else:
+                    future.set_exception(SnmpTimeout(_timeout_words(s)))
+
+            sock.pending[rid] = (future, agent.key)
+            transport.sendto(message, agent.key)
+            timer = [loop.call_later(s.timeout_seconds, expire)]
+            try:
+                data = await future
+            finally:
+                timer[0].cancel()
+                sock.pending.pop(rid, None)
+        try:
+            es, ex, vbs = _decode_response(data)
+        except (IndexError, ValueError):
+            raise SnmpError("the agent's answer is not valid SNMP (BER)") from None
+        if es:
+            status = _ERROR_STATUS.get(es, str(es))
+            if status == "tooBig":
+                raise _TooBig()
+            raise SnmpError(f"the agent answered with error {status} (at varbind {ex})")
+        return vbs
+
+    async def _v2c_socket(self, family: int) -> _V2cSocket:
+        sock = self._v2c.get(family)
+        if sock is None:
+            loop = asyncio.get_running_loop()
+            _, sock = await loop.create_datagram_endpoint(_V2cSocket, family=family)
+            raw = sock.transport.get_extra_info("socket") if sock.transport is not None else None
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            self._v2c[family] = sock
+        return sock
+
+    async def _pysnmp_request(
+        self, agent: _Agent, auth: Any, s: SnmpSettings, generator: Any, head: tuple[int, ...], oids: Sequence[Oid]
+    ) -> list[tuple[Any, Any]]:
+        """One GET or GETBULK through pysnmp (SNMPv3). This is hlapi's get_cmd/bulk_cmd without its
+        per-varbind MIB resolution of the request (a large share of a poll's CPU when profiled, and useless
+        with numeric OIDs)."""
         varbinds = [(ObjectName(o), _NULL) for o in oids]
         async with agent.semaphore, self._in_flight:
             addr_name, _params = _LCD.configure(self._engine, auth, agent.transport, b"")
@@ -544,7 +880,7 @@ class SnmpPoller:
                 if not future.done():
                     future.set_result((ei, int(es or 0), int(ex or 0), vbs))
 
-            self._bulk_gen.send_varbinds(self._engine, addr_name, None, b"", nonrep, reps, varbinds, done)
+            generator.send_varbinds(self._engine, addr_name, None, b"", *head, varbinds, done)
             self._pending.add(future)
             try:
                 # pysnmp times the request out itself; this bound only guards against a lost callback.
@@ -808,7 +1144,7 @@ def _int(v: Any) -> int | None:
 def _text(v: Any) -> str | None:
     if v is None:
         return None
-    raw = v.asOctets() if hasattr(v, "asOctets") else str(v).encode()
+    raw = v if isinstance(v, bytes) else v.asOctets() if hasattr(v, "asOctets") else str(v).encode()
     return raw.decode("utf-8", "replace").rstrip("\x00")
 
 
