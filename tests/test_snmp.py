@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from lab.snmp_agent import EntitySensor, OpticalValues, entity_tables, set_optical
+from lab.snmp_agent import (
+    MIKROTIK_OPTICAL,
+    EntitySensor,
+    OpticalValues,
+    entity_tables,
+    optical_rows,
+    set_optical,
+    set_rows,
+    write_agent_files,
+)
 from probes.snmp import (
     IF_COLUMNS,
     MIKROTIK_OPTICAL_COLUMNS,
@@ -34,7 +43,18 @@ from probes.snmp import (
     probe,
     sensor_value,
 )
-from tests.test_snmp_agent import COMMUNITY, V3, Agent, cli, free_udp_port, start_agent, start_agents, values
+from tests.test_snmp_agent import (
+    COMMUNITY,
+    V3,
+    Agent,
+    _wait_until_answering,
+    cli,
+    free_udp_port,
+    launch_agent,
+    start_agent,
+    start_agents,
+    values,
+)
 
 needs_snmpd = pytest.mark.skipif(shutil.which("snmpd") is None, reason="needs net-snmp's snmpd (apt install snmpd)")
 
@@ -346,6 +366,139 @@ def test_entity_optics_without_entity_mib() -> None:
         c["units"]: {(7,): _Str(b"dBm")},
     }
     assert _entity_optics(tables, {}) == ()  # a dBm reading with no rx/tx in any name is not guessed
+
+
+# ---------------------------------------------------------------------------------------------- known rows
+class CountingPoller(SnmpPoller):
+    """Counts GETBULKs: a poll answered from the known rows sends none (GETs only), a walk sends some."""
+
+    bulks = 0
+
+    async def _bulk(self, *args: Any, **kwargs: Any) -> Any:
+        self.bulks += 1
+        return await super()._bulk(*args, **kwargs)
+
+
+def _steady(r: SnmpResult) -> list[dict[str, Any]]:
+    """What must not move between polls a moment apart (lo's octet counters carry the polls themselves)."""
+    return [{k: v for k, v in i.items() if k not in ("in_octets", "out_octets")} for i in r.to_dict()["interfaces"]]
+
+
+@needs_snmpd
+@pytest.mark.parametrize("version", ["2c", "3"])
+def test_known_rows_give_the_same_figures_as_a_walk(agent: Agent, version: str) -> None:
+    settings = v2c(agent) if version == "2c" else v3(agent)
+
+    async def go() -> tuple[SnmpResult, SnmpResult, SnmpResult, int, int]:
+        poller = CountingPoller()
+        async with poller:
+            walked = await poller.poll(agent.host, settings)
+            bulks = poller.bulks
+            known = await poller.poll(agent.host, settings)
+            steady_bulks = poller.bulks - bulks
+        return walked, known, await poll_once(agent.host, settings), bulks, steady_bulks
+
+    walked, known, walked_again, bulks, steady_bulks = run(go())
+    assert walked.success and known.success and walked_again.success, (walked.error, known.error)
+    assert bulks >= 2 and steady_bulks == 0  # the second poll was GETs of the known rows only
+    assert _steady(known) == _steady(walked) == _steady(walked_again) and len(known.interfaces) >= 1
+    assert known.optics == walked.optics == walked_again.optics and known.optics[0].rx_power_dbm == pytest.approx(
+        -21.37
+    )
+    for a, b, c in zip(walked.interfaces, known.interfaces, walked_again.interfaces, strict=True):
+        assert a.in_octets is not None and b.in_octets is not None and c.in_octets is not None
+        assert a.in_octets <= b.in_octets <= c.in_octets
+    assert walked.uptime_seconds is not None and known.uptime_seconds is not None
+    assert walked.uptime_seconds <= known.uptime_seconds
+    assert known.to_dict().keys() == walked.to_dict().keys()
+
+
+def _restart(a: Agent, optics: int) -> Agent:
+    """Stop the agent and start it again on the same address and port, serving `optics` SFPs."""
+    a.stop()
+    argv = write_agent_files(a.workdir, a.host, COMMUNITY, V3, OpticalValues(), port=a.port)
+    set_rows(a.workdir, MIKROTIK_OPTICAL, [r for i in range(1, optics + 1) for r in optical_rows(OpticalValues(), i)])
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    b = Agent(a.host, a.port, a.workdir, proc, COMMUNITY, V3)
+    _wait_until_answering(b)
+    return b
+
+
+@needs_snmpd
+def test_known_rows_are_walked_again_after_restart_or_lost_row(tmp_path: Path) -> None:
+    """A second SFP that appears with a restart (uptime back to ~0) is found at once; a row that vanishes
+    (noSuchInstance to the GET) is dropped at once."""
+    a = launch_agent(tmp_path / "a")
+    try:
+        _wait_until_answering(a)
+
+        async def go() -> list[tuple[SnmpResult, int]]:
+            nonlocal a
+            out = []
+            poller = CountingPoller()
+            async with poller:
+
+                async def poll() -> None:
+                    before = poller.bulks
+                    out.append((await poller.poll(a.host, v2c(a)), poller.bulks - before))
+
+                await poll()  # walk
+                await asyncio.sleep(1.1)  # so that the restarted agent's uptime is below the last one seen
+                await poll()  # known rows
+                a = await asyncio.to_thread(_restart, a, 2)
+                await poll()  # uptime went back: walk, two optics
+                await poll()  # known rows, two optics
+                set_rows(a.workdir, MIKROTIK_OPTICAL, optical_rows(OpticalValues(), 1))
+                await poll()  # optic 2 answers noSuchInstance: walk, one optic
+            return out
+
+        results = run(go())
+    finally:
+        a.stop()
+    assert all(r.success for r, _ in results), [r.error for r, _ in results]
+    assert [len(r.optics) for r, _ in results] == [1, 1, 2, 2, 1]
+    assert [bulks > 0 for _, bulks in results] == [True, False, True, False, True]
+    assert results[2][0].uptime_seconds is not None and results[1][0].uptime_seconds is not None
+    assert results[2][0].uptime_seconds < results[1][0].uptime_seconds
+
+
+def _wait_for_if_number(agent: Agent, n: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if values(cli("snmpget", agent, "1.3.6.1.2.1.2.1.0")).get("1.3.6.1.2.1.2.1.0") == f"INTEGER: {n}":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"snmpd did not show ifNumber {n} within 15 s")
+
+
+def _isolated_root() -> bool:
+    return os.geteuid() == 0 and [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+@needs_snmpd
+@pytest.mark.skipif(not _isolated_root(), reason="adds a veth pair: only as root in a namespace of lo alone")
+def test_known_rows_are_walked_again_when_interfaces_change(agent: Agent) -> None:
+    async def go() -> tuple[list[SnmpResult], list[int]]:
+        out, bulks = [], []
+        poller = CountingPoller()
+        async with poller:
+            for step in range(3):
+                if step == 2:
+                    subprocess.run(["ip", "link", "add", "dsnt0", "type", "veth", "peer", "name", "dsnt1"], check=True)
+                    await asyncio.to_thread(_wait_for_if_number, agent, 3)  # snmpd caches its ifTable a few s
+                before = poller.bulks
+                out.append(await poller.poll(agent.host, v2c(agent)))
+                bulks.append(poller.bulks - before)
+        return out, bulks
+
+    try:
+        results, bulks = run(go())
+    finally:
+        subprocess.run(["ip", "link", "del", "dsnt0"], check=False, capture_output=True)
+    assert all(r.success for r in results)
+    names = [{i.name for i in r.interfaces} for r in results]
+    assert names[0] == names[1] == {"lo"} and names[2] == {"lo", "dsnt0", "dsnt1"}
+    assert [b > 0 for b in bulks] == [True, False, True]  # ifNumber changed: walked
 
 
 @needs_snmpd
