@@ -275,9 +275,8 @@ async def probe(
     for direction in ("down", "up"):
         if settings.direction not in (direction, "both"):
             continue
-        test = _Test(target, settings, direction, progress)
         try:
-            res = await test.run()
+            res = await _run_direction(target, settings, direction, progress, after_own_test=down is not None)
         except ThroughputError as exc:
             exc.bytes_moved += moved
             exc.seconds += spent
@@ -289,6 +288,31 @@ async def probe(
         else:
             up = res
     return ThroughputResult(target=target, down=down, up=up)
+
+
+async def _run_direction(
+    target: str,
+    settings: ThroughputSettings,
+    direction: Literal["down", "up"],
+    progress: ProgressCallback | None,
+    *,
+    after_own_test: bool,
+) -> DirectionResult:
+    """One direction's test. Right after our own test on the same server, the server may still be closing it:
+    iperf3 then answers the new connection with ACCESS_DENIED, or resets it before reading the cookie (seen on
+    the lab: "the far end broke the control connection (Connection reset by peer)" for "up" right after "down").
+    So the second test retries while the server has not taken it, for at most connect_timeout."""
+    deadline = time.monotonic() + settings.connect_timeout
+    delay = 0.05
+    while True:
+        test = _Test(target, settings, direction, progress)
+        try:
+            return await test.run()
+        except ThroughputError:
+            if not after_own_test or test.started or test.t0 or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(0.5, delay * 2)
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
