@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
@@ -130,6 +129,7 @@ def register(app: typer.Typer) -> None:
         Exit status: 0 polled, 1 the agent did not answer or answered with an SNMP error, 2 could not start
         (unknown village, missing secret, bad option).
         """
+        from exporter.commands.output import print_json
         from exporter.inventory import SecretError, resolve_secret
         from exporter.targets import TargetError, resolve_target
         from probes.snmp import SnmpPoller, settings_from_config
@@ -177,10 +177,7 @@ def register(app: typer.Typer) -> None:
 
         result = asyncio.run(run())
         if as_json:
-            out: dict[str, Any] = {"village": resolved.village.slug if resolved.village else None}
-            out.update(result.to_dict())
-            json.dump(out, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            print_json(resolved, result)
         else:
             _print_tables(result, settings, resolved.label)
         raise typer.Exit(0 if result.success else 1)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -117,6 +115,7 @@ def register(app: typer.Typer) -> None:
 
         Exit status: 0 measured, 1 no replies, 2 could not measure (unknown village, bad option, no socket).
         """
+        from exporter.commands.output import print_json
         from exporter.targets import TargetError, resolve_target
 
         try:
@@ -159,10 +158,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
 
         if as_json:
-            out: dict[str, Any] = {"village": resolved.village.slug if resolved.village else None}
-            out.update(result.to_dict())
-            json.dump(out, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            print_json(resolved, result)
         else:
             _print_table(result, settings, resolved.label)
         raise typer.Exit(0 if result.received > 0 else 1)
