@@ -128,3 +128,14 @@ def lab() -> Iterator[Lab]:
             timeout=300,
             check=False,
         )
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """Stop a process a test started (by its PID, never by name): TERM, then KILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -28,7 +28,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from lab.netns import run_in_netns
-from tests.conftest import ROOT, Lab
+from tests.conftest import ROOT, Lab, stop_process
 from tests.test_alerts import AM_CONFIG, RULES, shrink_durations
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -137,14 +137,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = STEP_SEC
         time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+_stop = stop_process
 
 
 @pytest.fixture(scope="module")

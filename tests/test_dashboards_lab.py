@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import pytest
 
 pytest.importorskip("grafana_foundation_sdk")
 
-from tests.conftest import ROOT, Lab
+from tests.conftest import ROOT, Lab, stop_process
 from tests.test_dashboards import (
     BUILTINS,
     DASHBOARD_FILES,
@@ -142,14 +141,7 @@ class Prom:
         return r.get("status") == "success" and bool(r["data"]["result"])
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+_stop = stop_process
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Lab
+from tests.conftest import ROOT, Lab, stop_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 EXPORTER = "127.0.0.1:19917"
@@ -84,14 +83,7 @@ class Running:
         return {r["metric"].get("village", ""): float(r["value"][1]) for r in self.query(expr)}
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+_stop = stop_process
 
 
 @pytest.fixture(scope="module")
