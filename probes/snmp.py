@@ -5,20 +5,26 @@ Same face as the other probes: `await probe(target, settings) -> SnmpResult`, pl
 the whole district at once: one pysnmp engine per event loop (warmed at start), a per-agent semaphore, a
 cap on requests in flight, and the SNMPv3 state below.
 
-How a poll goes (libs.md §1 has the measurements behind these choices):
-- Numeric OIDs only, `lookupMib=False`, names from the small table `OID_NAMES`; no MIB is compiled at run
-  time. Each table is walked by a multi-column GETBULK bounded to its subtree (the equivalent of
-  `lexicographicMode=False`). A poll sends two of them side by side, the interfaces (with sysUpTime as a
-  non-repeater) and the MikroTik optical table, each asking for one row more than the agent had last
-  time, so a table that did not change is read, its end included, in one round trip. A dead agent costs
-  one timeout (both requests wait in parallel) and nothing more; ENTITY-SENSOR-MIB is walked only when
-  the MikroTik table is empty.
-- Requests ask for at most `max_varbinds` varbinds (60: one or two packets back from a village).
-  pysnmp's CPU goes almost all into BER-decoding varbinds (~0.15 ms each here, plus ~1.4 ms per PDU),
-  which is why walks do not overshoot their tables by more than a row.
+How a poll goes (libs.md §1 has the measurements behind these choices; bench/snmp the scale figures):
+- Numeric OIDs only, names from the small table `OID_NAMES`; no MIB is compiled at run time.
+- The first poll of an agent walks: each table by a multi-column GETBULK bounded to its subtree (the
+  equivalent of `lexicographicMode=False`), two side by side, the interfaces (with sysUpTime and ifNumber
+  as non-repeaters) and the MikroTik optical table, each asking for one row more than the agent had last
+  time. ENTITY-SENSOR-MIB is walked only when the MikroTik table is empty.
+- Later polls GET exactly the instances that walk returned (sysUpTime.0, ifNumber.0, then row by row),
+  in `max_varbinds`-sized PDUs sent side by side, so nothing past a table's end is read or decoded. The
+  agent is walked again when sysUpTime went back (a restart), ifNumber changed, any instance answers
+  noSuchInstance/noSuchObject, or REWALK_EVERY polls have passed (a row added in place, say a second SFP
+  without a restart, is found within that many polls). Agents whose optics come from ENTITY-SENSOR-MIB
+  are always walked. A dead agent costs one timeout (the requests wait in parallel) and nothing more.
+- SNMPv2c messages are coded here (`_encode_request`, `_decode_response`) and sent from one UDP socket
+  per address family: pyasn1's generic BER decoder was ~75 % of the poller's CPU in a profile (~0.15 ms
+  per varbind plus ~1.4 ms per PDU); the v2c subset of BER is small and fixed. SNMPv3 goes through
+  pysnmp (USM authentication and privacy), still without hlapi's per-varbind MIB lookups.
 - `max_in_flight` (32) bounds requests in flight over all agents: answers wait in the socket while the
-  loop decodes others, and pysnmp's timeout keeps running meanwhile; 128 in flight made healthy agents
-  time out on this 2-vCPU box.
+  loop decodes others, and the timeout keeps running meanwhile; with pysnmp decoding v2c, 128 in flight
+  made healthy agents time out on this 2-vCPU box. With the v2c codec, 64 or 128 were no faster at
+  1,000 agents (the agents were the limit), so 32 stays.
 - SNMPv3: each agent's engine ID is discovered once (an unauthenticated request that the agent answers
   with a Report) and the user is registered for that engine ID only. pysnmp otherwise keeps one key set
   per user name per engine: two villages with the same user name and different keys would overwrite each
@@ -182,8 +188,8 @@ def _encode_varbind(oid: Oid) -> bytes:
     """SEQUENCE { oid, NULL } for a request, cached: a district asks for the same few hundred OIDs each poll."""
     got = _ENCODED_OIDS.get(oid)
     if got is None:
-        body = bytearray((40 * oid[0] + oid[1],))
-        for arc in oid[2:]:
+        body = bytearray()
+        for arc in (40 * oid[0] + oid[1], *oid[2:]):
             chunk = [arc & 0x7F]
             arc >>= 7
             while arc:
@@ -206,15 +212,17 @@ def _decode_oid(raw: bytes) -> Oid:
     got = _OID_CACHE.get(raw)
     if got is not None:
         return got
-    first = raw[0]
-    arcs = [first // 40, first % 40] if first < 80 else [2, first - 80]
+    arcs = []
     n = 0
-    for c in raw[1:]:
+    for c in raw:
         n = (n << 7) | (c & 0x7F)
         if not c & 0x80:
             arcs.append(n)
             n = 0
-    got = tuple(arcs)
+    if n or not arcs:
+        raise ValueError("truncated OID")
+    first = arcs[0]
+    got = (first // 40, first % 40, *arcs[1:]) if first < 80 else (2, first - 80, *arcs[1:])
     if len(_OID_CACHE) < _CACHE_LIMIT:
         _OID_CACHE[raw] = got
     return got
@@ -250,7 +258,9 @@ def _decode_response(data: bytes) -> tuple[int, int, list[tuple[Oid, Any]]]:
     """(error-status, error-index, [(oid, value)]) of a v2c Response. Values: int for INTEGER and the
     unsigned SMI types, bytes for strings and addresses, an OID as a tuple, pysnmp's NoSuchObject /
     NoSuchInstance / EndOfMibView for the exceptions."""
-    _, _, p = _header(data, 0)
+    _, n, p = _header(data, 0)
+    if p + n != len(data):
+        raise ValueError("message length does not match the datagram")
     _, n, p = _header(data, p)
     _, n, p = _header(data, p + n)  # community
     _, _, p = _header(data, p + n)  # PDU

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance
 
 from lab.snmp_agent import (
     MIKROTIK_OPTICAL,
@@ -38,8 +39,12 @@ from probes.snmp import (
     SnmpPoller,
     SnmpResult,
     SnmpSettings,
+    _decode_response,
+    _encode_request,
+    _encode_varbind,
     _entity_optics,
     _mikrotik_optics,
+    _peek_request_id,
     probe,
     sensor_value,
 )
@@ -134,6 +139,56 @@ def test_mikrotik_decoding_units() -> None:
     assert o.bias_amperes == pytest.approx(0.012) and o.voltage_volts == pytest.approx(3.3)
     assert o.wavelength_meters == pytest.approx(1310e-9) and o.temperature_celsius == 41
     assert o.rx_loss is True and o.tx_fault is False and o.vendor is None and o.name == "sfp1"
+
+
+def test_v2c_codec_agrees_with_pysnmp() -> None:
+    """The in-house v2c coding against pysnmp/pyasn1's: every SMI type, signs, 64-bit counters, long-form
+    lengths, big OID arcs and the exception values."""
+    from pyasn1.codec.ber import decoder, encoder
+    from pysnmp.proto.api import v2c as api
+
+    oid_value = (1, 3, 6, 1, 2, 1)
+    pairs: list[tuple[tuple[int, ...], Any]] = [
+        ((1, 3, 6, 1, 2, 1, 1, 3, 0), api.TimeTicks(42)),
+        ((1, 3, 6, 1, 4, 1, 14988, 200000, 1), api.Integer(-21370)),
+        ((2, 999, 3), api.Counter64(2**64 - 1)),
+        ((1, 3, 1), api.OctetString(b"x" * 300)),
+        ((1, 3, 2), api.NoSuchInstance()),
+        ((1, 3, 3), api.EndOfMibView()),
+        ((1, 3, 4), api.IpAddress("10.0.0.1")),
+        ((1, 3, 5), api.ObjectIdentifier(oid_value)),
+        ((1, 3, 6), api.Gauge32(2**32 - 1)),
+        ((1, 3, 7), api.Integer(-(2**31))),
+    ]
+    pdu = api.ResponsePDU()
+    api.apiPDU.set_defaults(pdu)
+    api.apiPDU.set_request_id(pdu, 123456)
+    api.apiPDU.set_varbinds(pdu, pairs)
+    msg = api.Message()
+    api.apiMessage.set_defaults(msg)
+    api.apiMessage.set_community(msg, "c")
+    api.apiMessage.set_pdu(msg, pdu)
+    data = encoder.encode(msg)
+    assert _peek_request_id(data) == 123456
+    status, index, vbs = _decode_response(data)
+    assert (status, index) == (0, 0) and [o for o, _ in vbs] == [o for o, _ in pairs]
+    got = dict(vbs)
+    assert got[(1, 3, 6, 1, 2, 1, 1, 3, 0)] == 42 and got[(1, 3, 6, 1, 4, 1, 14988, 200000, 1)] == -21370
+    assert got[(2, 999, 3)] == 2**64 - 1 and got[(1, 3, 1)] == b"x" * 300 and got[(1, 3, 4)] == bytes([10, 0, 0, 1])
+    assert isinstance(got[(1, 3, 2)], NoSuchInstance) and isinstance(got[(1, 3, 3)], EndOfMibView)
+    assert got[(1, 3, 5)] == oid_value and got[(1, 3, 6)] == 2**32 - 1 and got[(1, 3, 7)] == -(2**31)
+    with pytest.raises((IndexError, ValueError)):
+        _decode_response(data[:-3])
+
+    # and a request of ours is what pysnmp reads: a GETBULK with its counts and OIDs
+    oids = [(1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6), (2, 999, 3, 128)]
+    raw = _encode_request(b"public", 0xA5, 2**30, 1, 25, b"".join(_encode_varbind(o) for o in oids))
+    decoded, rest = decoder.decode(raw, asn1Spec=api.Message())
+    req = api.apiMessage.get_pdu(decoded)
+    assert rest == b"" and bytes(api.apiMessage.get_community(decoded)) == b"public"
+    assert int(api.apiBulkPDU.get_request_id(req)) == 2**30
+    assert (int(api.apiBulkPDU.get_non_repeaters(req)), int(api.apiBulkPDU.get_max_repetitions(req))) == (1, 25)
+    assert [tuple(o) for o, _ in api.apiBulkPDU.get_varbinds(req)] == oids
 
 
 def test_oid_table_names_every_column() -> None:

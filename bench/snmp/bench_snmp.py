@@ -81,10 +81,10 @@ def settings(i: int, v3_every: int) -> SnmpSettings:
     return SnmpSettings(port=PORT, community=COMMUNITY)
 
 
-async def run_poller(n: int, rounds: int, v3_every: int) -> dict[str, object]:
+async def run_poller(n: int, rounds: int, v3_every: int, in_flight: int) -> dict[str, object]:
     items = [(address(i), settings(i, v3_every)) for i in range(n)]
     out: dict[str, object] = {}
-    async with SnmpPoller() as poller:
+    async with SnmpPoller(max_in_flight=in_flight) as poller:
         t, c = time.monotonic(), time.process_time()
         res = await poller.poll_many(items)
         out["first_wall_s"], out["first_cpu_s"] = round(time.monotonic() - t, 3), round(time.process_time() - c, 3)
@@ -105,6 +105,13 @@ async def run_poller(n: int, rounds: int, v3_every: int) -> dict[str, object]:
         out["errors_sample"] = errors
         r0 = res[0]
         out["interfaces_per_village"], out["optics_per_village"] = len(r0.interfaces), len(r0.optics)
+    # A second fresh poller: its first poll walks every agent again, but the agents are warm now (snmpd has
+    # its interface cache, pass_persist its awk), which separates the poller's first-poll cost from theirs.
+    async with SnmpPoller(max_in_flight=in_flight) as poller:
+        t, c = time.monotonic(), time.process_time()
+        res = await poller.poll_many(items)
+        out["first_warm_agents_wall_s"] = round(time.monotonic() - t, 3)
+        out["first_warm_agents_cpu_s"] = round(time.process_time() - c, 3)
     return out
 
 
@@ -156,10 +163,11 @@ def inside(args: argparse.Namespace) -> None:
             "villages": args.villages,
             "snmpd_processes": len(procs),
             "v3_every": args.v3_every,
+            "max_in_flight": args.max_in_flight,
             "cores": os.cpu_count(),
             "loadavg_before": os.getloadavg()[0],
         }
-        row |= asyncio.run(run_poller(args.villages, args.rounds, args.v3_every))
+        row |= asyncio.run(run_poller(args.villages, args.rounds, args.v3_every, args.max_in_flight))
         if args.cli_jobs:
             row |= asyncio.run(run_cli(args.villages, args.cli_jobs, int(row["interfaces_per_village"])))  # type: ignore[call-overload]
         line = json.dumps(row)
@@ -178,6 +186,7 @@ def main() -> None:
     ap.add_argument("--per-snmpd", type=int, default=20, help="village addresses served by one snmpd process")
     ap.add_argument("--veth-pairs", type=int, default=2, help="veth pairs beside lo (2: five interfaces per agent)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--max-in-flight", type=int, default=32, help="SnmpPoller(max_in_flight=…); 32 is its default")
     ap.add_argument("--v3-every", type=int, default=0, help="every k-th village uses SNMPv3 authPriv (0: none)")
     ap.add_argument("--cli-jobs", type=int, default=8, help="snmpbulkget processes at once (0: skip the reference)")
     ap.add_argument("--out", help="append the JSON lines here")
