@@ -20,7 +20,10 @@ import pytest
 from lab.netns import run_in_netns
 from probes.icmp import IcmpEngine
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+# A speed target, so a benchmark (DEVELOPERS: timing targets live in bench/, not in the default suite): on a
+# shared, loaded VM any process misses 10 ms deadlines, blackhole or not (controls in docs/performance.md).
+# Run it on a quiet machine: `pytest -m benchmark tests/test_icmp_isolation.py`.
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.benchmark]
 
 VILLAGES = 1000
 BLACKHOLED = "10.97.0.1"
