@@ -311,6 +311,9 @@ class Emulator:
             sock = self.socks.get(fd)
             if sock is None:
                 continue
+            # The packet leaves during the verdict call (the kernel re-injects and forwards it, often its reply
+            # too, before send() returns), so its release time is taken just before the call.
+            released = time.time()
             try:
                 sock.send(verdict)
             except OSError as exc:
@@ -318,7 +321,7 @@ class Emulator:
                 continue
             d = self.directions.get(key)
             if d is not None:
-                d.passed.append((arrival, time.time() - arrival))
+                d.passed.append((arrival, released - arrival))
 
     # ------------------------------------------------------------------ control
     def truth(self, window: float) -> dict[str, Any]:
