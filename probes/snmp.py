@@ -685,12 +685,7 @@ class SnmpPoller:
             rows = sorted({idx for col in columns.values() for idx in got.get(col, {})})
             places += [(table, col, idx) for idx in rows for col in columns.values() if idx in got.get(col, {})]
         oids = [col + idx for _, col, idx in places]
-        n = math.ceil(len(oids) / s.max_varbinds)
-        size = math.ceil(len(oids) / n)
-        chunks = [
-            (i, min(i + size, len(oids)), b"".join(_encode_varbind(o) for o in oids[i : i + size]))
-            for i in range(0, len(oids), size)
-        ]
+        chunks = _chunks(oids, s.max_varbinds)
         # The first time, start each agent at its own point of the re-walk cycle, so that a district
         # learned in one poll does not walk again all in one poll REWALK_EVERY later.
         first = agent.key not in self._learned
@@ -705,9 +700,17 @@ class SnmpPoller:
     ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]] | None:
         """The known instances by GET (the chunks side by side), or None when the agent must be walked: it
         restarted (sysUpTime went back), ifNumber changed, or an instance is gone (noSuchInstance)."""
-        answers = await asyncio.gather(
-            *(self._get(agent, auth, s, layout.oids[a:b], encoded) for a, b, encoded in layout.chunks)
-        )
+        while True:
+            try:
+                answers = await asyncio.gather(
+                    *(self._get(agent, auth, s, layout.oids[a:b], encoded) for a, b, encoded in layout.chunks)
+                )
+                break
+            except _TooBig:  # the answers do not fit the agent's message size: smaller GETs
+                size = max(b - a for a, b, _ in layout.chunks) // 2
+                if size < 1:
+                    raise SnmpError("the agent finds even small responses too big") from None
+                layout.chunks = _chunks(layout.oids, size)
         vbs = [vb for answer in answers for vb in answer]
         if len(vbs) != len(layout.places):
             return None
@@ -1001,6 +1004,16 @@ class SnmpPoller:
             raw = bytes(eid.asOctets() if hasattr(eid, "asOctets") else eid)
             if raw:
                 self._reported_ids[(str(addr[0]), int(addr[1]))] = raw
+
+
+def _chunks(oids: list[Oid], limit: int) -> list[tuple[int, int, bytes]]:
+    """Split a GET of `oids` into the fewest PDUs of at most `limit` varbinds, evenly, each pre-encoded."""
+    n = math.ceil(len(oids) / limit)
+    size = math.ceil(len(oids) / n)
+    return [
+        (i, min(i + size, len(oids)), b"".join(_encode_varbind(o) for o in oids[i : i + size]))
+        for i in range(0, len(oids), size)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- module API
