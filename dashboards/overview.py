@@ -10,17 +10,14 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard, geomap, stat, statushistory, table
 from grafana_foundation_sdk.models import common as cm
-from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
 
 from dashboards import sessions, variables
 from dashboards.panels import (
-    TAGS,
-    UIDS,
     Column,
     Grid,
     Table,
-    board_links,
+    board,
     convert_to_numbers,
     fixed_colour,
     query,
@@ -48,17 +45,14 @@ P95 = 'statistic="p95"'
 
 def build() -> dashboard.Dashboard:
     d = (
-        dashboard.Dashboard("desanet · NOC overview")
-        .uid(UIDS["overview"])
-        .description("Video readiness of every village office: map, worst villages, sessions at risk, alerts.")
-        .tags(TAGS)
-        .refresh("1m")
-        .time("now-6h", "now")
-        .timezone("browser")
-        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
-        .readonly()
-        .links(board_links("village", "sessions"))
-        .with_variable(variables.datasource())
+        board(
+            "overview",
+            "desanet · NOC overview",
+            "Video readiness of every village office: map, worst villages, sessions at risk, alerts.",
+            "now-6h",
+            "village",
+            "sessions",
+        )
         .with_variable(variables.kecamatan())
         .with_variable(variables.village(multi=True))
         .with_variable(variables.profile())

@@ -244,3 +244,23 @@ def convert_to_numbers(fields: Iterable[str]) -> dm.DataTransformerConfig:
         "convertFieldType",
         {"fields": {}, "conversions": [{"targetField": f, "destinationType": "number"} for f in fields]},
     )
+
+
+def board(key: str, title: str, description: str, since: str, *links_to: str) -> dashboard.Dashboard:
+    """What every desanet dashboard shares: uid, tags, refresh, cursor sync, links to the others, and the
+    datasource variable first; each dashboard adds its own variables after it."""
+    from dashboards import variables
+
+    return (
+        dashboard.Dashboard(title)
+        .uid(UIDS[key])
+        .description(description)
+        .tags(TAGS)
+        .refresh("1m")
+        .time(since, "now")
+        .timezone("browser")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .readonly()
+        .links(board_links(*links_to))
+        .with_variable(variables.datasource())
+    )

@@ -14,12 +14,10 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards import variables
 from dashboards.panels import (
-    TAGS,
-    UIDS,
     Column,
     Grid,
     Table,
-    board_links,
+    board,
     fixed_colour,
     prop,
     query,
@@ -45,19 +43,14 @@ DAYS = 7
 
 def build() -> dashboard.Dashboard:
     d = (
-        dashboard.Dashboard("desanet · Sessions")
-        .uid(UIDS["sessions"])
-        .description(
-            "Scheduled video sessions, their villages' readiness now and in the session's hours on recent days."
+        board(
+            "sessions",
+            "desanet · Sessions",
+            "Scheduled video sessions, their villages' readiness now and in the session's hours on recent days.",
+            "now-7d",
+            "overview",
+            "village",
         )
-        .tags(TAGS)
-        .refresh("1m")
-        .time("now-7d", "now")
-        .timezone("browser")
-        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
-        .readonly()
-        .links(board_links("overview", "village"))
-        .with_variable(variables.datasource())
         .with_variable(variables.session())
         .with_variable(variables.kecamatan())
         .with_variable(variables.village(multi=True))

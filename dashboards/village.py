@@ -17,12 +17,10 @@ from grafana_foundation_sdk.models import heatmap as hm
 
 from dashboards import variables
 from dashboards.panels import (
-    TAGS,
-    UIDS,
     Column,
     Grid,
     Table,
-    board_links,
+    board,
     fixed_colour,
     prop,
     query,
@@ -47,17 +45,14 @@ LIMIT_PROPS = [
 
 def build() -> dashboard.Dashboard:
     d = (
-        dashboard.Dashboard("desanet · Village")
-        .uid(UIDS["village"])
-        .description("One village office: verdict, latency, jitter, loss, throughput, interfaces, optics, path.")
-        .tags(TAGS)
-        .refresh("1m")
-        .time("now-24h", "now")
-        .timezone("browser")
-        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
-        .readonly()
-        .links(board_links("overview", "sessions"))
-        .with_variable(variables.datasource())
+        board(
+            "village",
+            "desanet · Village",
+            "One village office: verdict, latency, jitter, loss, throughput, interfaces, optics, path.",
+            "now-24h",
+            "overview",
+            "sessions",
+        )
         .with_variable(variables.kecamatan())
         .with_variable(variables.village(multi=False))
         .with_variable(variables.profile(V))
