@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   iproute2 nftables iptables procps iputils-ping    # the lab: namespaces, veth, tbf, loss rules, NFQUEUE
   snmpd snmp iperf3                                 # what each simulated kantor desa runs; net-snmp CLI for tests
-  fping tcpdump tmux                                # side-by-side tools, packet captures, the terminal test
+  fping tcpdump tmux curl                           # side-by-side tools, packet captures, the terminal test, HTTP in the NOC
   prometheus prometheus-alertmanager                # promtool, the real Prometheus and Alertmanager in tests
   prometheus-smokeping-prober prometheus-blackbox-exporter   # benchmarks against what users would pick instead
   victoria-metrics                                  # remote_write target in the scale-out test
