@@ -31,6 +31,7 @@ from exporter import readiness as rd
 from exporter.exposition import Exposition
 from exporter.inventory import Inventory, SecretError, Village, resolve_secret
 from exporter.metrics import SPECS, render_village
+from exporter.ports import busiest_port
 from exporter.state import VillageState
 
 log = logging.getLogger("desanet.scheduler")
@@ -251,27 +252,11 @@ class Monitor:
 
     @staticmethod
     def _headroom(vs: VillageState) -> float | None:
-        """Speed minus the busier direction's rate on the router's busiest interface, from two SNMP polls."""
-        cur, prev = vs.snmp, vs.snmp_prev
-        if cur is None or prev is None or not cur.success or not prev.success or vs.snmp_at is None:
+        """Spare capacity on the router's busiest port between the last two SNMP polls (exporter/ports.py)."""
+        if vs.snmp is None or vs.snmp_prev is None or vs.snmp_at is None or vs.snmp_prev_at is None:
             return None
-        dt = (vs.snmp_at or 0) - (vs.snmp_prev_at or 0)
-        if dt <= 0:
-            return None
-        before = {i.index: i for i in prev.interfaces}
-        best: float | None = None
-        busiest = -1.0
-        for i in cur.interfaces:
-            p = before.get(i.index)
-            if p is None or i.speed_bits_per_second in (None, 0) or (i.name or "").startswith("lo"):
-                continue
-            if None in (i.in_octets, p.in_octets, i.out_octets, p.out_octets):
-                continue
-            rate = max(i.in_octets - p.in_octets, i.out_octets - p.out_octets, 0) * 8 / dt
-            if rate > busiest:
-                busiest = rate
-                best = max(0.0, i.speed_bits_per_second - rate)
-        return best
+        port = busiest_port(vs.snmp_prev, vs.snmp, vs.snmp_at - vs.snmp_prev_at)
+        return port.headroom_bits_per_second if port is not None else None
 
     # ------------------------------------------------------------------------------------------ rendering
     def render(self) -> str:
