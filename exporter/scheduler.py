@@ -118,7 +118,7 @@ class Monitor:
             if old is None or old.village.address != village.address:
                 if old is not None and old.icmp_target is not None and self.engine is not None:
                     self.engine.remove_target(old.icmp_target)
-                vs = VillageState.create(inv, village)
+                vs = VillageState.create(village)
                 self.villages[slug] = vs
                 vs.next_due = {
                     "stamp": now + random.uniform(5, min(60.0, inv.settings.stamp.every_seconds)),

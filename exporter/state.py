@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from exporter.exposition import labels
-from exporter.inventory import Inventory, Profile, Session, Village
+from exporter.inventory import Profile, Session, Village
 
 # SmokePing-like resolution where video cares (1–300 ms), coarse beyond.
 RTT_BUCKETS: tuple[float, ...] = (
@@ -101,7 +101,7 @@ class VillageState:
     next_due: dict[str, float] = field(default_factory=dict)  # probe -> monotonic due time
 
     @classmethod
-    def create(cls, inv: Inventory, village: Village) -> VillageState:
+    def create(cls, village: Village) -> VillageState:
         return cls(village=village, base_labels=labels({"village": village.slug, "kecamatan": village.kecamatan}))
 
     @property

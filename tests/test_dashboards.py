@@ -201,7 +201,7 @@ def test_the_map_reads_village_coordinates_as_numbers() -> None:
 
     inv = load_inventory(ROOT / "inventory.yaml")
     v = inv.villages[0]
-    (line,) = render_village(VillageState.create(inv, v)).out["desanet_village_info"]
+    (line,) = render_village(VillageState.create(v)).out["desanet_village_info"]
     assert f'latitude="{v.lat}"' in line and f'longitude="{v.lon}"' in line
 
 

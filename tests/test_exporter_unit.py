@@ -86,7 +86,7 @@ def test_rendered_village_passes_promtool() -> None:
     from exporter import readiness as rd
 
     inv = parse_inventory(_small_inventory(), strict_time=False)
-    vs = VillageState.create(inv, inv.villages[0])
+    vs = VillageState.create(inv.villages[0])
     vs.profiles = list(inv.profiles[:2])
     for rtt in (0.0004, 0.012, 0.2, None, 3.0):
         vs.observe_rtt("icmp", rtt)
