@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from probes.icmp import (
+    BATCH_ECHOES,
     ECHO_REPLY,
     ERROR,
     F_KERNEL_RX,
@@ -42,6 +43,7 @@ from probes.icmp import (
     IcmpPermissionError,
     IcmpResult,
     IcmpSettings,
+    adaptive_batch_ns,
     build_echo,
     build_result,
     checksum,
@@ -434,6 +436,54 @@ def test_continuous_targets_spread_evenly_and_summarise_windows(batch_window: fl
         assert engine.stats.wakeups < sum(t.sent for t in ts) / 1.5
     assert {a for a, _, _ in samples} == {t.address for t in ts}
     assert all(r is not None for _, _, r in samples)
+
+
+@pytest.mark.parametrize("rate", [0, 1, 217, 400, 800, 999, 1000, 1001, 2000, 5000, 10_000, 1e6])
+def test_adaptive_batch_window_caps_the_batch_and_divides_a_second(rate: float) -> None:
+    w = adaptive_batch_ns(rate)
+    assert 10_000_000 <= w <= 50_000_000
+    assert 1_000_000_000 % w == 0  # grid batches then put the same count of echoes in every second
+    assert rate * w / 1e9 <= max(BATCH_ECHOES, rate * 0.01)  # a batch: 20 echoes, or 1 % of a second's
+    assert adaptive_batch_ns(rate * 2) <= w  # more load, no longer window
+    if rate * 0.05 <= BATCH_ECHOES:
+        assert w == 50_000_000  # a light load wakes 20 times a second
+    assert (adaptive_batch_ns(217), adaptive_batch_ns(1000), adaptive_batch_ns(10_000)) == (
+        50_000_000,
+        20_000_000,
+        10_000_000,
+    )
+
+
+@needs_root
+def test_default_engine_batches_continuous_echoes_on_a_grid() -> None:
+    """The default window follows the load, and each target's echoes keep their interval to within a window:
+    batched sends go early, never late, and the wakeups are about one per window, not one per echo."""
+    n, interval, seconds = 100, 0.5, 2.5  # 200 echoes a second: 50 ms windows of 10 echoes
+
+    async def go() -> tuple[list[ContinuousTarget], IcmpEngine, float, float]:
+        async with IcmpEngine() as engine:
+            ts = [engine.add_target(f"127.0.6.{i + 1}", interval, capacity=32) for i in range(n)]
+            w_loaded = engine.batch_window
+            await asyncio.sleep(seconds)
+            for t in ts[1:]:
+                engine.remove_target(t)
+            return ts, engine, w_loaded, engine.batch_window
+
+    ts, engine, w_loaded, w_light = run(go())
+    assert (w_loaded, w_light) == (0.05, 0.05)
+    gaps = []
+    for t in ts:
+        sends = [s for s, r in t.samples()]
+        assert all(r is not None for _, r in t.samples()), t.label
+        assert len(sends) >= seconds / interval - 1
+        gaps += [b - a for a, b in itertools.pairwise(sends)]
+    # Every gap is the interval give or take one window (loose for a shared CI machine), most of them within
+    # a few ms: a target's batch sits at the same grid point every cycle.
+    assert all(abs(g - interval) < 0.05 + 0.03 for g in gaps), max(gaps, key=lambda g: abs(g - interval))
+    assert statistics.median(abs(g - interval) for g in gaps) < 0.01
+    sends_total = sum(t.sent for t in ts)
+    assert engine.stats.wakeups < sends_total / 4, (engine.stats.wakeups, sends_total)
+    assert engine.stats.continuous_sends == sends_total
 
 
 @needs_root
