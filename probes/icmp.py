@@ -576,9 +576,10 @@ class _FamilySocket:
             self._install_filter()
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-        except OSError:
+        except OSError:  # without CAP_NET_ADMIN the kernel caps SO_RCVBUF at net.core.rmem_max
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # bytes of skbs (the kernel doubles it)
         # Timestamping: SO_TIMESTAMPING (RX + TX) > SO_TIMESTAMPNS (RX) > user space.
         self.tx_stamping = False
         self.rx_stamping = False
@@ -617,6 +618,7 @@ class _FamilySocket:
         self.buf = bytearray(self.bufsize)
         self.bufs = [self.buf]
         self.ancsize = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(16) + 64
+        self.rcvbuf_warned = False
         self.reader_on = False
         self.reader_off_at = 0  # monotonic ns when the reader was paused (throttling)
 
@@ -703,6 +705,7 @@ class _FamilySocket:
 BATCH_LADDER_NS = (50_000_000, 25_000_000, 20_000_000, 10_000_000)
 BATCH_ECHOES = 20
 STAMP_WARMUP_NS = 20_000_000
+REPLY_TRUESIZE_BYTES = 1280  # buffer one queued echo reply takes (~830 bytes measured on loopback; NIC drivers take more)
 TRAIN_EARLY_NS = 10_000_000  # how early a train's echo may go out with a batch (a train keeps its spacing)
 
 
@@ -960,9 +963,23 @@ class IcmpEngine:
         return self._batch_ns / 1e9
 
     def _adapt_batch(self) -> None:
-        if self._batch_fixed:
-            return
-        self._batch_ns = adaptive_batch_ns(sum(len(g) * 1e9 / interval for interval, g in self._groups.items()))
+        rate = sum(len(g) * 1e9 / interval for interval, g in self._groups.items())
+        # Replies wait in the socket between wakeups, and for as long as the process is starved of CPU. Below half
+        # a second of replies a busy host turns into false loss: say so once, with the fix.
+        for fs in self._sockets.values():
+            if not fs.rcvbuf_warned and rate * REPLY_TRUESIZE_BYTES * 0.5 > fs.rcvbuf:
+                fs.rcvbuf_warned = True
+                log.warning(
+                    "the ICMP receive buffer (%d bytes) holds %.2f s of replies at %.0f echoes/s: a stall longer than"
+                    " that drops replies (false loss). Raise net.core.rmem_max to at least %d"
+                    " (deploy/sysctl.d/60-desanet.conf) or grant CAP_NET_ADMIN.",
+                    fs.rcvbuf,
+                    fs.rcvbuf / (rate * REPLY_TRUESIZE_BYTES),
+                    rate,
+                    self._rcvbuf,
+                )
+        if not self._batch_fixed:
+            self._batch_ns = adaptive_batch_ns(rate)
 
     def _rebalance(self, now: int) -> None:
         """Spread each changed group of continuous targets evenly over its interval: target i of n at i/n."""

@@ -487,6 +487,26 @@ def test_default_engine_batches_continuous_echoes_on_a_grid() -> None:
 
 
 @needs_root
+def test_small_receive_buffer_for_the_rate_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A receive buffer that holds under half a second of replies at the probing rate turns a busy host into
+    false loss: the engine says so, once, with the fix; a buffer that is big enough draws no warning."""
+
+    async def go(rcvbuf: int) -> None:
+        async with IcmpEngine(rcvbuf=rcvbuf) as engine:
+            for i in range(200):  # 400 echoes/s: ~0.26 MB of replies in half a second
+                engine.add_target(f"127.0.7.{i + 1}", 0.5)
+            await asyncio.sleep(0.05)
+
+    with caplog.at_level("WARNING", logger="desanet.icmp"):
+        run(go(1 << 20))
+    assert not [r for r in caplog.records if "receive buffer" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="desanet.icmp"):
+        run(go(64 << 10))
+    warned = [r.getMessage() for r in caplog.records if "receive buffer" in r.getMessage()]
+    assert len(warned) == 1 and "net.core.rmem_max" in warned[0], warned
+
+
+@needs_root
 def test_accuracy_against_iputils_ping() -> None:
     """On loopback, kernel-stamped RTTs sit at or below ping's (ping adds its own user-space path)."""
     out = subprocess.run(
