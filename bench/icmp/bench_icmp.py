@@ -80,6 +80,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def user_sys_seconds(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def far_rx_packets() -> int:
     """Requests that reached the far side (its veth's received packets)."""
     data = json.loads(sh("ip", "-n", FAR, "-s", "-j", "link", "show", "f0"))
@@ -101,6 +106,8 @@ def measure(proc: subprocess.Popen[Any], n: int, seconds: float) -> dict[str, An
     time.sleep(WARMUP)
     if proc.poll() is not None:
         raise RuntimeError(f"prober exited early with {proc.returncode}")
+    load0 = os.getloadavg()[0]
+    u0, s0 = user_sys_seconds(proc.pid)
     c0 = cpu_seconds(proc.pid)
     t0 = time.monotonic()
     p_prev, t_prev = far_rx_packets(), time.monotonic()
@@ -112,6 +119,7 @@ def measure(proc: subprocess.Popen[Any], n: int, seconds: float) -> dict[str, An
         rates.append((p - p_prev) / (t - t_prev))
         p_prev, t_prev = p, t
     c1 = cpu_seconds(proc.pid)
+    u1, s1 = user_sys_seconds(proc.pid)
     t1 = time.monotonic()
     requests = p_prev - p_first
     on = sum(abs(r - n) <= 0.02 * n for r in rates)
@@ -122,6 +130,9 @@ def measure(proc: subprocess.Popen[Any], n: int, seconds: float) -> dict[str, An
         "req_per_s": round(requests / (t_prev - t0), 1),
         "cpu_s_per_1000_req": round((c1 - c0) / requests * 1000, 4) if requests else None,
         "on_schedule_share": round(on / len(rates), 3),
+        "user_s": round(u1 - u0, 3),  # the split is sampled at clock ticks; the sum (cpu_s) is exact
+        "sys_s": round(s1 - s0, 3),
+        "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],  # before, after: how shared the VM was
         "min_rate": round(min(rates), 1),
         "max_rate": round(max(rates), 1),
     }

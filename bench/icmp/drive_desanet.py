@@ -48,6 +48,8 @@ async def continuous(addresses: list[str], interval: float, warmup: float, secon
             "lost": sent - received,
             "skipped": skipped,
             "overruns": stats.overruns,
+            "batch_window_s": engine.batch_window,
+            "wakeups": stats.wakeups,
             **late,
         }
 
