@@ -705,7 +705,7 @@ class _FamilySocket:
 BATCH_LADDER_NS = (50_000_000, 25_000_000, 20_000_000, 10_000_000)
 BATCH_ECHOES = 20
 STAMP_WARMUP_NS = 20_000_000
-REPLY_TRUESIZE_BYTES = 1280  # buffer one queued echo reply takes (~830 bytes measured on loopback; NIC drivers take more)
+REPLY_TRUESIZE_BYTES = 1280  # one queued echo reply in a receive buffer (~830 bytes on loopback; NICs take more)
 TRAIN_EARLY_NS = 10_000_000  # how early a train's echo may go out with a batch (a train keeps its spacing)
 
 
@@ -1008,8 +1008,9 @@ class IcmpEngine:
             wake = now
         elif self._heap:
             wake, _, _, top = self._heap[0]
-            if top.continuous and self._batch_ns:  # its batch starts at the grid point before it is due
-                wake -= (wake - self._epoch_ns) % self._batch_ns
+            if top.continuous and self._batch_ns:  # its batch starts at the grid point before it is due,
+                # but not more than half its interval early (a target faster than twice the window)
+                wake = max(wake - (wake - self._epoch_ns) % self._batch_ns, wake - (top.interval_ns >> 1))
         else:
             wake = 1 << 62
         for fs in self._sockets.values():

@@ -487,6 +487,25 @@ def test_default_engine_batches_continuous_echoes_on_a_grid() -> None:
 
 
 @needs_root
+def test_a_target_faster_than_the_window_keeps_its_interval_without_spinning() -> None:
+    """A continuous target probed more often than twice the batch window goes out at most half an interval
+    early; the timer waits for that moment instead of firing again and again until it comes."""
+
+    async def go() -> tuple[ContinuousTarget, IcmpEngine]:
+        async with IcmpEngine() as engine:
+            t = engine.add_target("127.0.8.1", 0.04, settings=IcmpSettings(timeout=0.03))
+            assert engine.batch_window == 0.05  # one target: the longest window
+            await asyncio.sleep(1.0)
+            return t, engine
+
+    t, engine = run(go())
+    sends = [s for s, _ in t.samples()]
+    assert len(sends) >= 20 and all(r is not None for _, r in t.samples())
+    assert all(0.015 < b - a < 0.07 for a, b in itertools.pairwise(sends)), sends
+    assert engine.stats.wakeups < 3 * t.sent, (engine.stats.wakeups, t.sent)
+
+
+@needs_root
 def test_small_receive_buffer_for_the_rate_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
     """A receive buffer that holds under half a second of replies at the probing rate turns a busy host into
     false loss: the engine says so, once, with the fix; a buffer that is big enough draws no warning."""
