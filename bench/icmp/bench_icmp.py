@@ -76,8 +76,7 @@ def addresses(n: int, base: int = 0) -> list[str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(user_sys_seconds(pid))
 
 
 def user_sys_seconds(pid: int) -> tuple[float, float]:
