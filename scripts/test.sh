@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test ./scripts/setup.sh
 . .venv/bin/activate
-echo "== ruff" && ruff check . && ruff format --check .
-echo "== mypy" && mypy
+# One command per line: `set -e` ignores a failure anywhere in an `a && b` list but its last command, so a
+# lint error inside such a list let the run go on to green.
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+mypy
 echo "== pytest"
 exec unshare --net -- sh -c 'ip link set lo up && exec python -m pytest "$@"' pytest "$@"
