@@ -700,8 +700,7 @@ class _FamilySocket:
 # ------------------------------------------------------------------------------------------------------------
 
 
-# Upper bounds of the lateness histogram (cumulative counts are the caller's job); the last bucket is +Inf.
-# The batch window ladder (`IcmpEngine._adapt_batch`): each divides one second.
+# The batch window ladder (`adaptive_batch_ns`): each divides one second.
 BATCH_LADDER_NS = (50_000_000, 25_000_000, 20_000_000, 10_000_000)
 BATCH_ECHOES = 20
 STAMP_WARMUP_NS = 20_000_000
@@ -722,6 +721,7 @@ def adaptive_batch_ns(rate: float) -> int:
     return next((w for w in BATCH_LADDER_NS if rate * w <= BATCH_ECHOES * 1e9), BATCH_LADDER_NS[-1])
 
 
+# Upper bounds of the lateness histogram (cumulative counts are the caller's job); the last bucket is +Inf.
 LATENESS_BUCKETS_SECONDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0, float("inf"))
 _LATENESS_BOUNDS_NS = tuple(round(b * 1e9) if b != float("inf") else 1 << 62 for b in LATENESS_BUCKETS_SECONDS)
 
@@ -788,7 +788,7 @@ class IcmpEngine:
         forces user-space stamps (for comparison and tests). `batch_window` is how far ahead of time a wakeup
         sends due echoes (the coarseness of the send schedule) and, with kernel RX stamps, how long replies
         may wait in the socket before we read them (which does not change their RTT). None (the default)
-        adapts it to the continuous load: see `_adapt_batch`."""
+        adapts it to the continuous load: see `adaptive_batch_ns`."""
         self._kind_pref = socket_kind
         self._kernel_ts = kernel_timestamps
         self._batch_fixed = batch_window is not None
