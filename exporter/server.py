@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gzip
+import itertools
 import logging
 import os
 import threading
@@ -21,13 +22,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter.probe_metrics import probe_succeeded, render_probe
 from exporter.scheduler import Monitor
 from exporter.statuspage import render_index, render_village_page
 from exporter.webconfig import Authenticator, WebConfig, WebConfigError, parse_web_config
+from probes.icmp import LATENESS_BUCKETS_SECONDS
 
 log = logging.getLogger("desanet.server")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,6 +81,24 @@ class SelfCollector(Collector):
             c = CounterMetricFamily("desanet_icmp_send_errors", "Echoes the local stack refused to send.")
             c.add_metric([], st.send_errors)
             yield c
+            # The probe host's own health: RTTs stay right when it is starved of CPU (kernel stamps), but echoes
+            # leave late. Early sends (batching) count as 0. Never reset by `serve`, so a proper counter.
+            cumulative = list(itertools.accumulate(st.lateness_histogram))
+            h = HistogramMetricFamily(
+                "desanet_icmp_send_lateness_seconds",
+                "How long after its scheduled time each continuous echo was sent.",
+                buckets=[
+                    (floatToGoString(b), float(n)) for b, n in zip(LATENESS_BUCKETS_SECONDS, cumulative, strict=True)
+                ],
+                sum_value=st.lateness_sum_seconds,
+            )
+            yield h
+            g = GaugeMetricFamily(
+                "desanet_icmp_batch_window_seconds",
+                "How far ahead the ICMP engine sends a batch of due echoes (adapts to the probing rate).",
+            )
+            g.add_metric([], engine.batch_window)
+            yield g
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -749,11 +749,12 @@ class EngineStats:
     continuous_sends: int = 0
     late_sends_over_10ms: int = 0
     max_send_lateness_seconds: float = 0.0
+    lateness_sum_seconds: float = 0.0
     lateness_histogram: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS_SECONDS))
 
     def reset_lateness(self) -> None:
         self.continuous_sends = self.late_sends_over_10ms = 0
-        self.max_send_lateness_seconds = 0.0
+        self.max_send_lateness_seconds = self.lateness_sum_seconds = 0.0
         self.lateness_histogram = [0] * len(LATENESS_BUCKETS_SECONDS)
 
 
@@ -1109,6 +1110,7 @@ class IcmpEngine:
     def _note_lateness(self, late_ns: int) -> None:
         """Account one continuous send `late_ns` after its due time (the rare path: most sends are early)."""
         stats = self.stats
+        stats.lateness_sum_seconds += late_ns / 1e9
         if late_ns > 10_000_000:
             stats.late_sends_over_10ms += 1
         if late_ns > stats.max_send_lateness_seconds * 1e9:

@@ -227,6 +227,12 @@ def test_live_scrape_passes_promtool(running: Running) -> None:
     assert code == 200
     proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The probe host's own schedule health: every continuous echo is counted, and the batch window is sane.
+    sends = float(re.search(r'(?m)^desanet_icmp_send_lateness_seconds_bucket\{le="\+Inf"\} (\S+)$', body)[1])
+    on_time = float(re.search(r'(?m)^desanet_icmp_send_lateness_seconds_bucket\{le="0\.01"\} (\S+)$', body)[1])
+    assert sends > 0 and 0 <= on_time <= sends
+    window = float(re.search(r"(?m)^desanet_icmp_batch_window_seconds (\S+)$", body)[1])
+    assert 0.01 <= window <= 0.05
 
 
 def test_probe_endpoint_refuses_targets_outside_the_inventory(running: Running) -> None:
