@@ -188,6 +188,7 @@ def test_every_kecamatan_reaches_one_field_team_and_the_noc() -> None:
 def test_sessions_and_the_monitor_itself_have_their_own_receivers() -> None:
     assert _receivers("alertname=SessionAtRisk", "kecamatan=Licin", "session=Rapat") == {"noc-sessions"}
     assert _receivers("alertname=DesanetExporterDown", "severity=critical") == {"desanet-admins"}
+    assert _receivers("alertname=DesanetProbeScheduleSlipping", "severity=warning") == {"desanet-admins"}
     assert _receivers("alertname=RouterRebooted", "severity=info", "kecamatan=Licin") == {"noc"}
 
 
