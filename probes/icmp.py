@@ -1049,8 +1049,6 @@ class IcmpEngine:
         batch = self._batch_ns
         heap = self._heap
         pop = heapq.heappop
-        heappush = heapq.heappush
-        tiebreak = self._tiebreak
         send = self._send
         stats = self.stats
         monotonic_ns = time.monotonic_ns
@@ -1087,7 +1085,7 @@ class IcmpEngine:
                     missed = (now - nxt) // s.interval_ns
                     nxt += missed * s.interval_ns
                     s.skipped += missed  # type: ignore[attr-defined]
-                heappush(heap, (nxt, next(tiebreak), s.gen, s))
+                self._push(nxt, s)
             elif s.sent < s.capacity:
                 # A train: when late, slip rather than catch up, so that two echoes are never closer than half
                 # an interval (the early-send allowance) on the wire.
