@@ -447,11 +447,27 @@ def test_adaptive_batch_window_caps_the_batch_and_divides_a_second(rate: float) 
     assert adaptive_batch_ns(rate * 2) <= w  # more load, no longer window
     if rate * 0.05 <= BATCH_ECHOES:
         assert w == 50_000_000  # a light load wakes 20 times a second
-    assert (adaptive_batch_ns(217), adaptive_batch_ns(1000), adaptive_batch_ns(10_000)) == (
-        50_000_000,
-        20_000_000,
-        10_000_000,
-    )
+
+
+def test_adaptive_batch_window_at_a_district_and_at_province_scale() -> None:
+    assert [adaptive_batch_ns(r) for r in (217, 800, 1000, 10_000)] == [50_000_000, 25_000_000, 20_000_000, 10_000_000]
+
+
+@needs_root
+def test_batch_window_follows_targets_added_and_removed() -> None:
+    async def go() -> list[float]:
+        async with IcmpEngine() as engine:
+            seen = [engine.batch_window]
+            ts = [engine.add_target(f"127.0.9.{i + 1}", 0.1, capacity=32) for i in range(250)]  # 2,500 echoes/s
+            seen.append(engine.batch_window)
+            await asyncio.sleep(0.05)
+            for t in ts[10:]:
+                engine.remove_target(t)
+            await asyncio.sleep(0.05)  # the next wakeup re-spreads the group and re-adapts
+            seen.append(engine.batch_window)
+            return seen
+
+    assert run(go()) == [0.05, 0.01, 0.05]
 
 
 @needs_root
@@ -460,17 +476,15 @@ def test_default_engine_batches_continuous_echoes_on_a_grid() -> None:
     batched sends go early, never late, and the wakeups are about one per window, not one per echo."""
     n, interval, seconds = 100, 0.5, 2.5  # 200 echoes a second: 50 ms windows of 10 echoes
 
-    async def go() -> tuple[list[ContinuousTarget], IcmpEngine, float, float]:
+    async def go() -> tuple[list[ContinuousTarget], IcmpEngine, float]:
         async with IcmpEngine() as engine:
             ts = [engine.add_target(f"127.0.6.{i + 1}", interval, capacity=32) for i in range(n)]
-            w_loaded = engine.batch_window
+            window = engine.batch_window
             await asyncio.sleep(seconds)
-            for t in ts[1:]:
-                engine.remove_target(t)
-            return ts, engine, w_loaded, engine.batch_window
+            return ts, engine, window
 
-    ts, engine, w_loaded, w_light = run(go())
-    assert (w_loaded, w_light) == (0.05, 0.05)
+    ts, engine, window = run(go())
+    assert window == 0.05
     gaps = []
     for t in ts:
         sends = [s for s, r in t.samples()]
