@@ -116,7 +116,7 @@ def test_loss_beyond_the_profile_is_named(lab: Lab, env: dict[str, str], impaire
     code, doc, err, wall = check(lab, env, "kebaman", "--profile", "meet-hd", "--force")
     assert code == 1, (doc, err)
     assert (doc["limiting"], doc["verdict"]) == ("loss", "not_ready")
-    assert 0.04 < doc["figures"]["loss_ratio"] < 0.2, doc["figures"]  # 10 % on ~200 packets
+    assert 0.03 < doc["figures"]["loss_ratio"] < 0.2, doc["figures"]  # 10 % on ~200 packets: fails 2 runs in 10,000
     assert any(a.startswith("Check the fibre") for a in doc["advice"])
     assert wall <= LIMIT, f"{wall:.1f} s"
 

@@ -207,11 +207,13 @@ def test_prometheus_sees_verdicts_that_match_the_impairments(running: Running) -
 def test_figures_in_prometheus_match_the_lab(running: Running) -> None:
     loss = running.value('desanet_loss_ratio{method="icmp",direction="round_trip"}')
     assert loss["bajulmati"] == 1
-    assert 0.05 < loss["sarongan"] < 0.30  # 1 - 0.92² = 15 %, over a 50-echo window
+    # 1 - 0.92² = 15.4 % over a 50-echo window: 1 to 18 lost covers all but 0.05 % of runs (2 to 14 failed 1.9 %).
+    assert 0.02 <= loss["sarongan"] <= 0.36
     assert loss["kabat"] == 0
     p50 = running.value('desanet_rtt_window_seconds{method="icmp",statistic="p50"}')
-    # 60 ± 50 ms uniform toward the village: median 60 ms; a 50-echo window's median has a 5 ms sd.
-    assert 0.045 < p50["pesanggaran"] < 0.075
+    # 60 ± 50 ms uniform toward the village: median 60 ms, but a 50-echo window's median has a 6.9 ms sd
+    # (1 / (2 sqrt(n + 2)) of the 100 ms spread), so ±25 ms is 3.6 sd; ±15 ms failed 3.4 % of runs.
+    assert 0.035 < p50["pesanggaran"] < 0.085
     assert p50["kabat"] < 0.002
     # STAMP splits the direction: the jitter was imposed toward the village only.
     fwd = running.value('desanet_jitter_seconds{method="stamp",direction="down"}')
