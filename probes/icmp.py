@@ -948,7 +948,7 @@ class IcmpEngine:
                 self._dirty_groups.add(target.interval_ns)
             else:
                 del self._groups[target.interval_ns]
-                self._adapt_batch()
+            self._adapt_batch()
 
     @property
     def targets(self) -> list[ContinuousTarget]:
@@ -964,6 +964,8 @@ class IcmpEngine:
         return self._batch_ns / 1e9
 
     def _adapt_batch(self) -> None:
+        """Called whenever the set of continuous targets changes (add_target, remove_target), so the window
+        and the buffer warning always match the targets in place."""
         rate = sum(len(g) * 1e9 / interval for interval, g in self._groups.items())
         # Replies wait in the socket between wakeups, and for as long as the process is starved of CPU. Below half
         # a second of replies a busy host turns into false loss: say so once, with the fix.
@@ -984,7 +986,6 @@ class IcmpEngine:
 
     def _rebalance(self, now: int) -> None:
         """Spread each changed group of continuous targets evenly over its interval: target i of n at i/n."""
-        self._adapt_batch()
         now = max(now, self._ready_ns)
         for interval in self._dirty_groups:
             group = self._groups.get(interval)
