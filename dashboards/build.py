@@ -15,7 +15,7 @@ JSON_DIR = Path(__file__).resolve().parent / "json"
 
 
 def _builders() -> dict[str, Callable[[], Any]]:
-    from dashboards import overview, sessions, village
+    from desanet.dashboards import overview, sessions, village
 
     return {
         "desanet-overview.json": overview.build,

@@ -12,8 +12,8 @@ from grafana_foundation_sdk.builders import dashboard, geomap, stat, statushisto
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import geomap as gm
 
-from dashboards import sessions, variables
-from dashboards.panels import (
+from desanet.dashboards import sessions, variables
+from desanet.dashboards.panels import (
     Column,
     Grid,
     Table,
@@ -27,7 +27,7 @@ from dashboards.panels import (
     verdict_thresholds,
     village_link,
 )
-from dashboards.promql import (
+from desanet.dashboards.promql import (
     KEC,
     PROFILE,
     VERDICT_COLOUR,

@@ -16,10 +16,10 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
-from dashboards.promql import VERDICT_COLOUR, VERDICT_TEXT
+from desanet.dashboards import variables
+from desanet.dashboards.promql import VERDICT_COLOUR, VERDICT_TEXT
+from desanet.dashboards.variables import DS
 
-DATASOURCE_UID = "desanet-prometheus"  # the uid deploy/grafana/provisioning/datasources/desanet.yaml gives
-DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 GRID_WIDTH = 24
 TAGS = ["desanet"]
 UIDS = {"overview": "desanet-overview", "village": "desanet-village", "sessions": "desanet-sessions"}
@@ -249,7 +249,6 @@ def convert_to_numbers(fields: Iterable[str]) -> dm.DataTransformerConfig:
 def board(key: str, title: str, description: str, since: str, *links_to: str) -> dashboard.Dashboard:
     """What every desanet dashboard shares: uid, tags, refresh, cursor sync, links to the others, and the
     datasource variable first; each dashboard adds its own variables after it."""
-    from dashboards import variables
 
     return (
         dashboard.Dashboard(title)

@@ -12,8 +12,8 @@ from grafana_foundation_sdk.builders import dashboard, statushistory, table
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards import variables
-from dashboards.panels import (
+from desanet.dashboards import variables
+from desanet.dashboards.panels import (
     Column,
     Grid,
     Table,
@@ -28,7 +28,7 @@ from dashboards.panels import (
     verdict_thresholds,
     village_link,
 )
-from dashboards.promql import (
+from desanet.dashboards.promql import (
     KEC,
     SESSION,
     SESSION_LABELS,

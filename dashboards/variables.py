@@ -6,8 +6,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards.panels import DATASOURCE_UID, DS
-
+DATASOURCE_UID = "desanet-prometheus"  # the uid deploy/grafana/provisioning/datasources/desanet.yaml gives
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 ALL = ".*"  # what "All" stands for in `=~` matchers: one short regex instead of every value joined
 
 

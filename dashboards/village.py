@@ -15,8 +15,8 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import heatmap as hm
 
-from dashboards import variables
-from dashboards.panels import (
+from desanet.dashboards import variables
+from desanet.dashboards.panels import (
     Column,
     Grid,
     Table,
@@ -29,7 +29,7 @@ from dashboards.panels import (
     verdict_mappings,
     verdict_thresholds,
 )
-from dashboards.promql import ONE_VILLAGE, PROFILE, eq, match, sel, verdict_rank
+from desanet.dashboards.promql import ONE_VILLAGE, PROFILE, eq, match, sel, verdict_rank
 
 V = ONE_VILLAGE
 ICMP = eq("method", "icmp")

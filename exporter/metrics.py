@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from exporter.exposition import FamilySpec, LineBuilder, labels
-from exporter.state import RTT_BUCKETS, VillageState
+from desanet.exporter.exposition import FamilySpec, LineBuilder, labels
+from desanet.exporter.state import RTT_BUCKETS, VillageState
 
 F = FamilySpec
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.exposition import FamilySpec, LineBuilder
-from exporter.metrics import (
+from desanet.exporter.exposition import FamilySpec, LineBuilder
+from desanet.exporter.metrics import (
     IF_ERRORS,
     IF_RX,
     IF_SPEED,

@@ -9,7 +9,7 @@ that result, is counted in desanet_probe_success and logged with its reason, and
 - STAMP: each village with a reflector every `settings.stamp.every_seconds`, first run spread at random.
 - Trace: each village every `settings.trace.every_seconds`, and at once when its verdict worsens.
 - Throughput: `tests_per_day` per village within its byte/time budget, never two on one kecamatan uplink,
-  never during a session (exporter/budget.py enforces all three).
+  never during a session (budget/ledger.py enforces all three).
 - Evaluation: every few seconds each village's window is summarised and its readiness re-assessed.
 """
 
@@ -27,12 +27,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from exporter import readiness as rd
-from exporter.exposition import Exposition
-from exporter.inventory import Inventory, SecretError, Village, resolve_secret
-from exporter.metrics import SPECS, render_village
-from exporter.ports import busiest_port
-from exporter.state import VillageState
+from desanet.district import Inventory, SecretError, Village, resolve_secret
+from desanet.exporter.exposition import Exposition
+from desanet.exporter.metrics import SPECS, render_village
+from desanet.exporter.state import VillageState
+from desanet.verdict import readiness as rd
+from desanet.verdict.ports import busiest_port
 
 log = logging.getLogger("desanet.scheduler")
 
@@ -73,8 +73,8 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        from probes.icmp import IcmpEngine
-        from probes.snmp import SnmpPoller
+        from desanet.probes.icmp import IcmpEngine
+        from desanet.probes.snmp import SnmpPoller
 
         self.loop = asyncio.get_running_loop()
         if "icmp" in self.enable:
@@ -133,7 +133,7 @@ class Monitor:
             vs.profiles = self._profiles_for(inv, village)
 
     def _add_icmp(self, vs: VillageState, village: Village) -> Any:
-        from probes.icmp import IcmpSettings
+        from desanet.probes.icmp import IcmpSettings
 
         s = self.inventory.settings.icmp
         settings = IcmpSettings(
@@ -252,7 +252,7 @@ class Monitor:
 
     @staticmethod
     def _headroom(vs: VillageState) -> float | None:
-        """Spare capacity on the router's busiest port between the last two SNMP polls (exporter/ports.py)."""
+        """Spare capacity on the router's busiest port between the last two SNMP polls (verdict/ports.py)."""
         if vs.snmp is None or vs.snmp_prev is None or vs.snmp_at is None or vs.snmp_prev_at is None:
             return None
         port = busiest_port(vs.snmp_prev, vs.snmp, vs.snmp_at - vs.snmp_prev_at)
@@ -266,7 +266,7 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------------ SNMP
     def snmp_settings(self, village: Village) -> Any:
-        from probes.snmp import settings_from_config
+        from desanet.probes.snmp import settings_from_config
 
         cfg = self.inventory.snmp_for(village)
         if cfg is None:
@@ -362,7 +362,7 @@ class Monitor:
             vs.log(probe, True, message)
 
     async def _run_stamp(self, vs: VillageState) -> str:
-        from probes.stamp import StampSettings, probe
+        from desanet.probes.stamp import StampSettings, probe
 
         endpoint = vs.village.stamp_address()
         assert endpoint is not None
@@ -388,7 +388,7 @@ class Monitor:
         return f"{r.received}/{r.sent} replies, RTT p50 {r.rtt.p50 * 1e3:.2f} ms" if r.rtt else "ok"
 
     async def _run_trace(self, vs: VillageState) -> str:
-        from probes.trace import TraceSettings, probe
+        from desanet.probes.trace import TraceSettings, probe
 
         s = self.inventory.settings.trace
         r = await probe(vs.village.address, TraceSettings(max_hops=s.max_hops, probes_per_hop=s.probes_per_hop))
@@ -403,8 +403,8 @@ class Monitor:
             self._tp_kec_busy.discard(vs.village.kecamatan)
 
     async def _run_throughput(self, vs: VillageState) -> str:
-        from exporter.budget import Refused, acquire_test_slot
-        from probes.throughput import ThroughputSettings, probe
+        from desanet.budget import Refused, acquire_test_slot
+        from desanet.probes.throughput import ThroughputSettings, probe
 
         endpoint = vs.village.iperf3_address()
         assert endpoint is not None
@@ -435,31 +435,31 @@ class Monitor:
         vs = self.villages.get(slug)
         village = vs.village if vs else self.inventory.village(slug)
         if module == "icmp":
-            from probes.icmp import IcmpSettings
-            from probes.icmp import probe as icmp_probe
+            from desanet.probes.icmp import IcmpSettings
+            from desanet.probes.icmp import probe as icmp_probe
 
             return await icmp_probe(village.address, IcmpSettings(count=10, interval=0.1), engine=self.engine)
         if module == "snmp":
-            from probes.snmp import probe as snmp_probe
+            from desanet.probes.snmp import probe as snmp_probe
 
             return await snmp_probe(village.address, self.snmp_settings(village), poller=self.poller)
         if module == "stamp":
-            from probes.stamp import StampSettings
-            from probes.stamp import probe as stamp_probe
+            from desanet.probes.stamp import StampSettings
+            from desanet.probes.stamp import probe as stamp_probe
 
             ep = village.stamp_address()
             if ep is None:
                 raise ValueError(f"{slug} has no STAMP reflector in the inventory")
             return await stamp_probe(ep[0], StampSettings(port=ep[1], duration_seconds=2.0))
         if module == "trace":
-            from probes.trace import TraceSettings
-            from probes.trace import probe as trace_probe
+            from desanet.probes.trace import TraceSettings
+            from desanet.probes.trace import probe as trace_probe
 
             return await trace_probe(village.address, TraceSettings())
         if module == "throughput":
-            from exporter.budget import acquire_test_slot
-            from probes.throughput import ThroughputSettings
-            from probes.throughput import probe as tp_probe
+            from desanet.budget import acquire_test_slot
+            from desanet.probes.throughput import ThroughputSettings
+            from desanet.probes.throughput import probe as tp_probe
 
             ep = village.iperf3_address()
             if ep is None:

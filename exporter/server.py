@@ -26,11 +26,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.probe_metrics import probe_succeeded, render_probe
-from exporter.scheduler import Monitor
-from exporter.statuspage import render_index, render_village_page
-from exporter.webconfig import Authenticator, WebConfig, WebConfigError, parse_web_config
-from probes.icmp import LATENESS_BUCKETS_SECONDS
+from desanet.exporter.probe_metrics import probe_succeeded, render_probe
+from desanet.exporter.scheduler import Monitor
+from desanet.exporter.statuspage import render_index, render_village_page
+from desanet.exporter.webconfig import Authenticator, WebConfig, WebConfigError, parse_web_config
+from desanet.probes.icmp import LATENESS_BUCKETS_SECONDS
 
 log = logging.getLogger("desanet.server")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

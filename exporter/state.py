@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from exporter.exposition import labels
-from exporter.inventory import Profile, Session, Village
+from desanet.district import Profile, Session, Village
+from desanet.exporter.exposition import labels
 
 # SmokePing-like resolution where video cares (1–300 ms), coarse beyond.
 RTT_BUCKETS: tuple[float, ...] = (
@@ -92,7 +92,7 @@ class VillageState:
     snmp_prev_at: float | None = None
     trace: Any = None  # probes.trace.TraceResult
     trace_at: float | None = None
-    readiness: dict[str, Any] = field(default_factory=dict)  # profile name -> exporter.readiness.Readiness
+    readiness: dict[str, Any] = field(default_factory=dict)  # profile name -> desanet.verdict.readiness.Readiness
     probes: dict[str, ProbeStatus] = field(default_factory=dict)
     ok_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_OK))
     failed_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_FAILED))

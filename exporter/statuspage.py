@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from exporter.state import VillageState
+from desanet.exporter.state import VillageState
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0;padding:.5rem;background:#fafafa;color:#222}

@@ -17,21 +17,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from exporter import readiness as rd
-from exporter.inventory import Inventory, load_inventory, resolve_secret
-from lab import lab as labmod
-from lab.netns import run_in_netns
+from desanet.district import Inventory, load_inventory, resolve_secret
+from desanet.lab import lab as labmod
+from desanet.lab.netns import run_in_netns
+from desanet.verdict import readiness as rd
 
 VERDICT_STYLE = {"ready": "green", "at_risk": "yellow", "not_ready": "red", "unknown": "dim"}
 
 
 async def measure(inv: Inventory, console: Console) -> dict[str, dict[str, Any]]:
-    from probes.icmp import IcmpEngine, IcmpSettings
-    from probes.snmp import SnmpPoller, settings_from_config
-    from probes.stamp import StampSettings
-    from probes.stamp import probe as stamp_probe
-    from probes.throughput import ThroughputError, ThroughputSettings
-    from probes.throughput import probe as tp_probe
+    from desanet.probes.icmp import IcmpEngine, IcmpSettings
+    from desanet.probes.snmp import SnmpPoller, settings_from_config
+    from desanet.probes.stamp import StampSettings
+    from desanet.probes.stamp import probe as stamp_probe
+    from desanet.probes.throughput import ThroughputError, ThroughputSettings
+    from desanet.probes.throughput import probe as tp_probe
 
     out: dict[str, dict[str, Any]] = {v.slug: {} for v in inv.villages}
     t0 = time.monotonic()
@@ -162,7 +162,7 @@ def start_exporter(state: dict[str, Any], inventory: Path, console: Console) -> 
             [
                 sys.executable,
                 "-m",
-                "exporter.cli",
+                "desanet.cli",
                 "serve",
                 "--inventory",
                 str(inventory),

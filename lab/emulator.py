@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.netns import socket_in_netns
+from desanet.lab.netns import socket_in_netns
 
 log = logging.getLogger("desanet.lab.emulator")
 

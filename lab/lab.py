@@ -21,9 +21,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from exporter.inventory import Inventory, SecretError, SnmpV2c, SnmpV3, load_inventory, resolve_secret
-from lab import netns
-from lab.topology import CORE_NOC_ADDR, NOC_ADDR, KecPlan, LabPlan, VillagePlan, lab_prefix, plan
+from desanet.district import Inventory, SecretError, SnmpV2c, SnmpV3, load_inventory, resolve_secret
+from desanet.lab import netns
+from desanet.lab.topology import CORE_NOC_ADDR, NOC_ADDR, KecPlan, LabPlan, VillagePlan, lab_prefix, plan
 
 NEEDED = {
     "ip": "iproute2",
@@ -306,7 +306,13 @@ def up(inventory_path: Path, *, services: bool = True, progress: Any = None) -> 
         )
 
     say("starting the delay emulator")
-    _spawn(state, "emulator", None, [sys.executable, "-m", "lab.emulator", "--state-dir", str(d)], d / "emulator.log")
+    _spawn(
+        state,
+        "emulator",
+        None,
+        [sys.executable, "-m", "desanet.lab.emulator", "--state-dir", str(d)],
+        d / "emulator.log",
+    )
     save_state(state)
     _wait_for(lambda: (d / "emulator.ready").exists() or not _alive(state["pids"]["emulator"]), 30)
     if not (d / "emulator.ready").exists():
@@ -357,7 +363,7 @@ def _agent_secrets(inv: Inventory) -> dict[str, dict[str, Any]]:
 
 
 def _start_services(state: dict[str, Any], lp: LabPlan, inv: Inventory, secrets: dict[str, dict[str, Any]]) -> None:
-    from lab import snmp_agent
+    from desanet.lab import snmp_agent
 
     d = state_dir(lp.prefix)
     for v in lp.villages:
@@ -378,7 +384,7 @@ def _start_services(state: dict[str, Any], lp: LabPlan, inv: Inventory, secrets:
     endpoints = [(v.ns, *ep) for v in lp.villages if (ep := inv.village(v.slug).stamp_address()) is not None]
     if endpoints:
         (d / "reflectors.json").write_text(json.dumps(endpoints))
-        argv = [sys.executable, "-m", "lab.reflectors", "--endpoints", str(d / "reflectors.json")]
+        argv = [sys.executable, "-m", "desanet.lab.reflectors", "--endpoints", str(d / "reflectors.json")]
         _spawn(state, "reflectors", None, argv, d / "reflectors.log")
     save_state(state)
 
@@ -470,7 +476,7 @@ def impair(
 
 
 def _find_slug(lp: LabPlan, text: str) -> str:
-    from exporter.inventory import slugify
+    from desanet.district import slugify
 
     key = slugify(text)
     for v in lp.villages:
@@ -502,7 +508,7 @@ def _refresh_emulation(state: dict[str, Any]) -> None:
 
 
 def request_reload(state: dict[str, Any]) -> None:
-    from lab.emulator import request
+    from desanet.lab.emulator import request
 
     try:
         request(state_dir(state["prefix"]), {"cmd": "reload"})
@@ -583,7 +589,7 @@ def _set_rate(ns: str, ifname: str, rate_mbit: float | None) -> None:
 
 
 def _apply_optical(state: dict[str, Any], slug: str, values: dict[str, Any]) -> None:
-    from lab import snmp_agent
+    from desanet.lab import snmp_agent
 
     work = state_dir(state["prefix"]) / "villages" / slug
     snmp_agent.set_optical(work, snmp_agent.OpticalValues(**values))
@@ -591,7 +597,7 @@ def _apply_optical(state: dict[str, Any], slug: str, values: dict[str, Any]) -> 
 
 # ---------------------------------------------------------------------------------------------- truth
 def truth(window: float, prefix: str | None = None) -> dict[str, Any]:
-    from lab.emulator import request
+    from desanet.lab.emulator import request
 
     state = load_state(prefix)
     if state is None or not state.get("complete"):

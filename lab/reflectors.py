@@ -15,8 +15,8 @@ import signal
 import socket
 from pathlib import Path
 
-from lab.netns import socket_in_netns
-from probes.reflector import Reflector
+from desanet.lab.netns import socket_in_netns
+from desanet.probes.reflector import Reflector
 
 log = logging.getLogger("desanet.lab.reflectors")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from exporter.inventory import Inventory
+from desanet.district import Inventory
 
 NOC_ADDR = "10.255.0.1"
 CORE_NOC_ADDR = "10.255.0.2"

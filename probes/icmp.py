@@ -49,6 +49,12 @@ Shape of the engine
   lost, with `send_errors` and the error text in the result.
 
 The measuring code never imports Prometheus: results are frozen dataclasses of plain numbers in SI units.
+
+Why one file over 800 lines: the engine is one piece. Its scheduler, the shared socket, the kernel TX/RX
+stamp bookkeeping and the matching of replies to echoes share one state (the in-flight table keyed by id,
+sequence and stamp key) that is touched on every echo; split across modules, that table would become an
+interface for no reader's benefit, and the hot path (profiled in docs/performance.md) would gain calls.
+The pure statistics are already apart, in probes/stats.py.
 """
 
 from __future__ import annotations
@@ -72,7 +78,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from probes.stats import Summary, burst_loss, count_reordered, ipdv_mean_abs, loss_ratio, pdv, rfc3550_jitter, summarize
+from desanet.probes.stats import (
+    Summary,
+    burst_loss,
+    count_reordered,
+    ipdv_mean_abs,
+    loss_ratio,
+    pdv,
+    rfc3550_jitter,
+    summarize,
+)
 
 log = logging.getLogger("desanet.icmp")
 

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from probes.stamp import (
+from desanet.probes.stamp import (
     DEFAULT_ERROR_ESTIMATE,
     IPV6_TCLASS,
     MAX_TTL,

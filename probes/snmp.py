@@ -18,7 +18,7 @@ How a poll goes (libs.md §1 has the measurements behind these choices; bench/sn
   without a restart, is found within that many polls; agents are spread over that cycle, so each poll
   walks about 1/REWALK_EVERY of them). Agents whose optics come from ENTITY-SENSOR-MIB
   are always walked. A dead agent costs one timeout (the requests wait in parallel) and nothing more.
-- SNMPv2c messages are coded here (`_encode_request`, `_decode_response`) and sent from one UDP socket
+- SNMPv2c messages are coded here (`encode_request`, `decode_response`) and sent from one UDP socket
   per address family: pyasn1's generic BER decoder was ~75 % of the poller's CPU in a profile (~0.15 ms
   per varbind plus ~1.4 ms per PDU); the v2c subset of BER is small and fixed. SNMPv3 goes through
   pysnmp (USM authentication and privacy), still without hlapi's per-varbind MIB lookups.
@@ -34,6 +34,10 @@ How a poll goes (libs.md §1 has the measurements behind these choices; bench/sn
 - Errors come back as words in `SnmpResult.error`, never as exceptions, and never with a secret in them.
   A wrong auth key is a Report (WrongDigest) and is quick; a wrong privacy key is silence (net-snmp drops
   what it cannot decrypt), so when an agent answers discovery but not the encrypted request we say so.
+
+Why one file over 800 lines: one prober per protocol, as blackbox_exporter keeps them. The poller's walk,
+known-row GETs, re-walk rules and SNMPv3 discovery share each agent's layout and state; the v2c codec, which
+needs none of that, is apart in probes/snmp_v2c.py.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ from pysnmp.hlapi.varbinds import CommandGeneratorVarBinds
 from pysnmp.proto.rfc1902 import ObjectName, OctetString
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from pysnmp.proto.rfc1905 import errorStatus as _error_status_type
+
+from desanet.probes.snmp_v2c import TAG_BULK, TAG_GET, V2cSocket, decode_response, encode_request, encode_varbind
 
 # ---------------------------------------------------------------------------------------------- OIDs
 Oid = tuple[int, ...]
@@ -155,182 +161,6 @@ _NULL = Null("")
 _ERROR_STATUS = {int(v): k for k, v in _error_status_type.namedValues.items()}
 
 
-# ---------------------------------------------------------------------------------------------- v2c codec
-# SNMPv2c requests and answers are coded here rather than by pysnmp: profiling a district poll showed ~75 %
-# of the poller's CPU in pyasn1's generic BER decoder (object creation per tag), ~0.15 ms per varbind. A
-# v2c message is a fixed, tiny BER subset (RFC 3416 §3: SEQUENCE, INTEGER, OCTET STRING, OID and the SMI
-# application types), so a specialised codec decodes a village's answer for a few per cent of that cost.
-# SNMPv3 (USM auth and privacy) stays with pysnmp.
-_TAG_GET, _TAG_BULK, _TAG_RESPONSE = 0xA0, 0xA5, 0xA2
-_NO_SUCH_OBJECT, _NO_SUCH_INSTANCE, _END_OF_MIB = NoSuchObject(""), NoSuchInstance(""), EndOfMibView("")
-_EXCEPTIONS = {0x80: _NO_SUCH_OBJECT, 0x81: _NO_SUCH_INSTANCE, 0x82: _END_OF_MIB}
-_UNSIGNED = frozenset((0x41, 0x42, 0x43, 0x46, 0x47))  # Counter32, Gauge32, TimeTicks, Counter64, UInteger32
-_BYTES = frozenset((0x04, 0x40, 0x44))  # OCTET STRING, IpAddress, Opaque
-_OID_CACHE: dict[bytes, Oid] = {}
-_ENCODED_OIDS: dict[Oid, bytes] = {}
-_CACHE_LIMIT = 200_000
-
-
-def _ber_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(raw),)) + raw
-
-
-def _tlv(tag: int, value: bytes) -> bytes:
-    return bytes((tag,)) + _ber_len(len(value)) + value
-
-
-def _ber_int(n: int) -> bytes:
-    return _tlv(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True))
-
-
-def _encode_varbind(oid: Oid) -> bytes:
-    """SEQUENCE { oid, NULL } for a request, cached: a district asks for the same few hundred OIDs each poll."""
-    got = _ENCODED_OIDS.get(oid)
-    if got is None:
-        body = bytearray()
-        for arc in (40 * oid[0] + oid[1], *oid[2:]):
-            chunk = [arc & 0x7F]
-            arc >>= 7
-            while arc:
-                chunk.append(0x80 | (arc & 0x7F))
-                arc >>= 7
-            body += bytes(reversed(chunk))
-        got = _tlv(0x30, _tlv(0x06, bytes(body)) + b"\x05\x00")
-        if len(_ENCODED_OIDS) < _CACHE_LIMIT:
-            _ENCODED_OIDS[oid] = got
-    return got
-
-
-def _encode_request(community: bytes, tag: int, request_id: int, a: int, b: int, varbinds: bytes) -> bytes:
-    """A v2c GET (a = b = 0) or GETBULK (a non-repeaters, b max-repetitions) around encoded varbinds."""
-    pdu = _tlv(tag, _ber_int(request_id) + _ber_int(a) + _ber_int(b) + _tlv(0x30, varbinds))
-    return _tlv(0x30, b"\x02\x01\x01" + _tlv(0x04, community) + pdu)
-
-
-def _decode_oid(raw: bytes) -> Oid:
-    got = _OID_CACHE.get(raw)
-    if got is not None:
-        return got
-    arcs = []
-    n = 0
-    for c in raw:
-        n = (n << 7) | (c & 0x7F)
-        if not c & 0x80:
-            arcs.append(n)
-            n = 0
-    if n or not arcs:
-        raise ValueError("truncated OID")
-    first = arcs[0]
-    got = (first // 40, first % 40, *arcs[1:]) if first < 80 else (2, first - 80, *arcs[1:])
-    if len(_OID_CACHE) < _CACHE_LIMIT:
-        _OID_CACHE[raw] = got
-    return got
-
-
-def _header(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, length, where the value starts) of the TLV at pos."""
-    tag, n = data[pos], data[pos + 1]
-    pos += 2
-    if n & 0x80:
-        k = n & 0x7F
-        n = int.from_bytes(data[pos : pos + k], "big")
-        pos += k
-    return tag, n, pos
-
-
-def _peek_request_id(data: bytes) -> int | None:
-    """The request-id of a v2c Response, or None for anything else (the full decode checks the rest)."""
-    try:
-        _, _, p = _header(data, 0)  # Message
-        _, n, p = _header(data, p)  # version
-        _, n, p = _header(data, p + n)  # community
-        tag, _, p = _header(data, p + n)  # PDU
-        if tag != _TAG_RESPONSE:
-            return None
-        _, n, p = _header(data, p)
-        return int.from_bytes(data[p : p + n], "big", signed=True)
-    except IndexError:
-        return None
-
-
-def _decode_response(data: bytes) -> tuple[int, int, list[tuple[Oid, Any]]]:
-    """(error-status, error-index, [(oid, value)]) of a v2c Response. Values: int for INTEGER and the
-    unsigned SMI types, bytes for strings and addresses, an OID as a tuple, pysnmp's NoSuchObject /
-    NoSuchInstance / EndOfMibView for the exceptions."""
-    _, n, p = _header(data, 0)
-    if p + n != len(data):
-        raise ValueError("message length does not match the datagram")
-    _, n, p = _header(data, p)
-    _, n, p = _header(data, p + n)  # community
-    _, _, p = _header(data, p + n)  # PDU
-    _, n, p = _header(data, p)  # request-id
-    _, n2, p = _header(data, p + n)
-    status = int.from_bytes(data[p : p + n2], "big")
-    _, n3, p = _header(data, p + n2)
-    index = int.from_bytes(data[p : p + n3], "big")
-    _, n, p = _header(data, p + n3)  # varbind list
-    end = p + n
-    out: list[tuple[Oid, Any]] = []
-    append = out.append
-    while p < end:
-        _, _, p = _header(data, p)  # varbind SEQUENCE
-        _, n, p = _header(data, p)
-        oid = _decode_oid(data[p : p + n])
-        p += n
-        tag, n, p = _header(data, p)
-        raw = data[p : p + n]
-        p += n
-        if tag == 0x02:
-            append((oid, int.from_bytes(raw, "big", signed=True)))
-        elif tag in _UNSIGNED:
-            append((oid, int.from_bytes(raw, "big")))
-        elif tag in _BYTES:
-            append((oid, raw))
-        elif tag == 0x06:
-            append((oid, _decode_oid(raw)))
-        else:
-            append((oid, _EXCEPTIONS.get(tag)))
-    if p != end:
-        raise ValueError("varbind list overruns its length")
-    return status, index, out
-
-
-class _V2cSocket(asyncio.DatagramProtocol):
-    """One UDP socket for every v2c request of a poller: requests are told apart by request-id, and an
-    answer counts only from the address it was sent to. Timeouts and retries follow pysnmp's meaning
-    (`timeout` per try, `retries` extra tries, the same message re-sent)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], tuple[str, int]]] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        rid = _peek_request_id(data)
-        entry = self.pending.get(rid) if rid is not None else None
-        if entry is None:
-            return
-        future, want = entry
-        if (str(addr[0]), int(addr[1])) == want and not future.done():
-            future.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP errors: the request times out in its own time
-        pass
-
-    def close(self, reason: Exception) -> None:
-        for future, _ in self.pending.values():
-            if not future.done():
-                future.set_exception(reason)
-        self.pending.clear()
-        if self.transport is not None:
-            self.transport.close()
-
-
 # ---------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True, kw_only=True)
 class SnmpSettings:
@@ -386,7 +216,7 @@ class SnmpSettings:
 def settings_from_config(
     cfg: Any, resolve: Any, *, timeout_seconds: float = 1.0, retries: int = 1, port: int | None = None
 ) -> SnmpSettings:
-    """SnmpSettings from an inventory SNMP block (exporter.inventory.SnmpV2c / SnmpV3, read by attribute so
+    """SnmpSettings from an inventory SNMP block (desanet.district.SnmpV2c / SnmpV3, read by attribute so
     probes/ does not import the inventory), resolving each secret reference with `resolve`."""
     if getattr(cfg, "version", None) == "3":
         return SnmpSettings(
@@ -510,7 +340,7 @@ class SnmpPoller:
         self._rows_seen: dict[tuple[tuple[str, int], str], int] = {}
         self._layouts: dict[tuple[str, int], _Layout] = {}
         self._learned: set[tuple[str, int]] = set()
-        self._v2c: dict[int, _V2cSocket] = {}  # address family → socket
+        self._v2c: dict[int, V2cSocket] = {}  # address family → socket
         self._request_id = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
         self._bulk_gen = BulkCommandGeneratorSingleRun()
         self._get_gen = GetCommandGenerator()
@@ -815,8 +645,8 @@ class SnmpPoller:
     ) -> list[tuple[Any, Any]]:
         """One GETBULK."""
         if s.version == "2c":
-            encoded = b"".join(_encode_varbind(o) for o in oids)
-            return await self._v2c_request(agent, s, _TAG_BULK, nonrep, reps, encoded)
+            encoded = b"".join(encode_varbind(o) for o in oids)
+            return await self._v2c_request(agent, s, TAG_BULK, nonrep, reps, encoded)
         return await self._pysnmp_request(agent, auth, s, self._bulk_gen, (nonrep, reps), oids)
 
     async def _get(
@@ -824,7 +654,7 @@ class SnmpPoller:
     ) -> list[tuple[Any, Any]]:
         """One GET of `oids` (`encoded` is their v2c varbind list, ready made)."""
         if s.version == "2c":
-            return await self._v2c_request(agent, s, _TAG_GET, 0, 0, encoded)
+            return await self._v2c_request(agent, s, TAG_GET, 0, 0, encoded)
         return await self._pysnmp_request(agent, auth, s, self._get_gen, (), oids)
 
     async def _v2c_request(
@@ -835,7 +665,7 @@ class SnmpPoller:
         sock = self._v2c.get(family) or await self._v2c_socket(family)
         self._request_id = (self._request_id + 1) & 0x3FFFFFFF
         rid = self._request_id
-        message = _encode_request(s.community.encode(), tag, rid, a, b, varbinds)
+        message = encode_request(s.community.encode(), tag, rid, a, b, varbinds)
         loop = asyncio.get_running_loop()
         async with agent.semaphore, self._in_flight:
             future: asyncio.Future[bytes] = loop.create_future()
@@ -864,7 +694,7 @@ class SnmpPoller:
                 timer[0].cancel()
                 sock.pending.pop(rid, None)
         try:
-            es, ex, vbs = _decode_response(data)
+            es, ex, vbs = decode_response(data)
         except (IndexError, ValueError):
             raise SnmpError("the agent's answer is not valid SNMP (BER)") from None
         if es:
@@ -874,11 +704,11 @@ class SnmpPoller:
             raise SnmpError(f"the agent answered with error {status} (at varbind {ex})")
         return vbs
 
-    async def _v2c_socket(self, family: int) -> _V2cSocket:
+    async def _v2c_socket(self, family: int) -> V2cSocket:
         sock = self._v2c.get(family)
         if sock is None:
             loop = asyncio.get_running_loop()
-            _, sock = await loop.create_datagram_endpoint(_V2cSocket, family=family)
+            _, sock = await loop.create_datagram_endpoint(V2cSocket, family=family)
             raw = sock.transport.get_extra_info("socket") if sock.transport is not None else None
             if raw is not None:
                 with contextlib.suppress(OSError):
@@ -1011,7 +841,7 @@ def _chunks(oids: list[Oid], limit: int) -> list[tuple[int, int, bytes]]:
     n = math.ceil(len(oids) / limit)
     size = math.ceil(len(oids) / n)
     return [
-        (i, min(i + size, len(oids)), b"".join(_encode_varbind(o) for o in oids[i : i + size]))
+        (i, min(i + size, len(oids)), b"".join(encode_varbind(o) for o in oids[i : i + size]))
         for i in range(0, len(oids), size)
     ]
 

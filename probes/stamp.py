@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes import stats
+from desanet.probes import stats
 
 # ------------------------------------------------------------------------------------------------ constants
 STAMP_PORT = 862  # RFC 8762 §4: UDP 862 by default

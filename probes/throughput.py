@@ -49,6 +49,11 @@ Every test is bounded: `connect_timeout` bounds each wait for the far end outsid
 `max_seconds` the data phase, `max_bytes` the payload. Timeouts, cancellation (Ctrl-C), a far end that
 dies or goes silent all end in a clean stop: CLIENT_TERMINATE on the control connection when the test did
 not finish, every socket closed, no callback left on the loop. Failures raise ThroughputError in words.
+
+Why one file over 800 lines: one prober per protocol in one file, as blackbox_exporter keeps them. The
+iperf3 control channel is one state machine whose states (parameter exchange, data phases up and down,
+results) share the running byte counts and the caps the budget hands in; the pure helpers (link rate from
+MSS, convergence) sit at the end, and the wire format notes above say which state sends what.
 """
 
 from __future__ import annotations

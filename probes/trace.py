@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from probes import stats
+from desanet.probes import stats
 
 if TYPE_CHECKING:
     from scapy.packet import Packet

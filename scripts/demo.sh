@@ -21,4 +21,4 @@ desanet lab impair --kecamatan Wongsorejo --restore --delay 120 --jitter 10     
 desanet lab impair bajulmati --restore --down                                       # a cut fibre
 desanet lab status
 
-exec python -m lab.demo
+exec python -m desanet.lab.demo

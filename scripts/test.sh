@@ -13,5 +13,7 @@ ruff check .
 ruff format --check .
 echo "== mypy"
 mypy
+echo "== import-linter (the layers in docs/layout.md)"
+lint-imports
 echo "== pytest"
 exec unshare --net -- sh -c 'ip link set lo up && exec python -m pytest "$@"' pytest "$@"

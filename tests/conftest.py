@@ -49,7 +49,7 @@ class Lab:
 
     def desanet(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "exporter.cli", *args],
+            [sys.executable, "-m", "desanet.cli", *args],
             env=self.env,
             text=True,
             capture_output=True,
@@ -93,7 +93,7 @@ class Lab:
     def run_in_noc(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on a fresh event loop in a thread that has entered the NOC namespace, so every
         socket the probe opens lives there."""
-        from lab.netns import run_in_netns
+        from desanet.lab.netns import run_in_netns
 
         return run_in_netns(self.noc_ns, lambda: asyncio.run(coro))
 
@@ -109,7 +109,7 @@ def lab() -> Iterator[Lab]:
     os.environ["DESANET_LAB_PREFIX"] = prefix
     inventory = ROOT / "inventory.yaml"
     up = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "lab", "up", "--inventory", str(inventory)],
+        [sys.executable, "-m", "desanet.cli", "lab", "up", "--inventory", str(inventory)],
         env=env,
         text=True,
         capture_output=True,
@@ -122,7 +122,7 @@ def lab() -> Iterator[Lab]:
         yield Lab(prefix, inventory, env)
     finally:
         subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "lab", "down"],
+            [sys.executable, "-m", "desanet.cli", "lab", "down"],
             env=env,
             capture_output=True,
             timeout=300,

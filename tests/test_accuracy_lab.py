@@ -60,12 +60,12 @@ from typing import Any
 
 import pytest
 
-from lab.emulator import request as emulator_request
-from lab.lab import state_dir
-from probes.icmp import IcmpEngine, IcmpResult, IcmpSettings, probe
-from probes.stamp import StampSettings
-from probes.stamp import probe as stamp_probe
-from probes.stats import binomial_interval
+from desanet.lab.emulator import request as emulator_request
+from desanet.lab.lab import state_dir
+from desanet.probes.icmp import IcmpEngine, IcmpResult, IcmpSettings, probe
+from desanet.probes.stamp import StampSettings
+from desanet.probes.stamp import probe as stamp_probe
+from desanet.probes.stats import binomial_interval
 from tests.conftest import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 from ruamel.yaml import YAML
 
-from lab.netns import run_in_netns
+from desanet.lab.netns import run_in_netns
 from tests.conftest import ROOT, Lab, stop_process
 from tests.test_alerts import AM_CONFIG, RULES, shrink_durations
 
@@ -173,7 +173,7 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
             [
                 sys.executable,
                 "-m",
-                "exporter.cli",
+                "desanet.cli",
                 "serve",
                 "--inventory",
                 str(inventory),

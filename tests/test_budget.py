@@ -1,4 +1,4 @@
-"""Throughput test budgets, session windows and kecamatan uplink exclusivity (exporter/budget.py)."""
+"""Throughput test budgets, session windows and kecamatan uplink exclusivity (budget/ledger.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.budget import (
+from desanet.budget import (
     LEDGER_FILE,
     Ledger,
     Refused,
@@ -22,7 +22,7 @@ from exporter.budget import (
     budget_day,
     state_dir,
 )
-from exporter.inventory import Inventory, Village, parse_inventory
+from desanet.district import Inventory, Village, parse_inventory
 
 WIB = ZoneInfo("Asia/Jakarta")
 UTC = ZoneInfo("UTC")
@@ -194,8 +194,8 @@ def test_uplink_lock_excludes_other_processes(inv: Inventory, state: Path) -> No
         import sys
         from datetime import datetime
         from zoneinfo import ZoneInfo
-        from exporter.budget import acquire_test_slot
-        from exporter.inventory import parse_inventory
+        from desanet.budget import acquire_test_slot
+        from desanet.district import parse_inventory
         text = sys.stdin.readline().replace("\\\\n", "\\n")
         inv = parse_inventory(text, now=datetime(2026, 11, 28, tzinfo=ZoneInfo("UTC")))
         now = datetime(2026, 12, 1, 7, 0, tzinfo=ZoneInfo("Asia/Jakarta"))

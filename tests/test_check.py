@@ -19,18 +19,19 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter import check as ck
-from exporter import readiness as rd
-from exporter.commands import check as cli
-from exporter.inventory import Inventory, Village, load_inventory
-from exporter.messages import LANGS, MESSAGES, detect_lang, fmt_ms, fmt_pct, fmt_rate, fmt_when, placeholders, t
-from probes.icmp import IcmpPermissionError, IcmpResult
-from probes.snmp import SnmpInterface, SnmpOptic, SnmpResult
-from probes.stamp import DirectionResult as StampDirection
-from probes.stamp import StampResult
-from probes.stats import summarize
-from probes.throughput import DirectionResult, ServerBusy, ThroughputResult
-from probes.trace import Degradation, Hop, TraceResult
+from desanet import check as ck
+from desanet.check.messages import LANGS, MESSAGES, detect_lang, fmt_ms, fmt_pct, fmt_rate, fmt_when, placeholders, t
+from desanet.cli import check as cli
+from desanet.district import Inventory, Village, load_inventory
+from desanet.probes.icmp import IcmpPermissionError, IcmpResult
+from desanet.probes.snmp import SnmpInterface, SnmpOptic, SnmpResult
+from desanet.probes.stamp import DirectionResult as StampDirection
+from desanet.probes.stamp import StampResult
+from desanet.probes.stats import summarize
+from desanet.probes.throughput import DirectionResult, ServerBusy, ThroughputResult
+from desanet.probes.trace import Degradation, Hop, TraceResult
+from desanet.verdict import readiness as rd
+from desanet.verdict.ports import busiest_port
 from tests.conftest import LAB_SECRETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -410,7 +411,7 @@ def test_contract_below_the_profile_is_named(inv: Inventory) -> None:
 def test_weak_optics_and_port_errors_come_with_the_loss_advice(inv: Inventory, village: Village) -> None:
     report = report_for(inv, village, rd.Measurements(**{**MEET, "loss_ratio": 0.05}))
     report.snmp = snmp(rx_dbm=-27.3)
-    report.port = ck.busiest_port(snmp(0, 0), snmp(10_000_000, 4), 2.0)
+    report.port = busiest_port(snmp(0, 0), snmp(10_000_000, 4), 2.0)
     advice = ck.explain(report, "en").advice
     assert advice[:3] == [
         "The router receives only -27.3 dBm of light on sfp1 (weak below -25.0 dBm): a dirty connector or a "
@@ -540,12 +541,12 @@ def test_loss_is_pooled_and_jitter_is_the_worse_one_way_direction() -> None:
 
 
 def test_spare_capacity_and_new_errors_from_two_polls() -> None:
-    port = ck.busiest_port(snmp(octets=0, errors=1), snmp(octets=25_000_000, errors=5), 2.0)
+    port = busiest_port(snmp(octets=0, errors=1), snmp(octets=25_000_000, errors=5), 2.0)
     assert port is not None and port.name == "sfp1"
     assert port.rate_bits_per_second == pytest.approx(100e6)
     assert port.headroom_bits_per_second == pytest.approx(900e6)
     assert port.new_errors == 4
-    one = ck.busiest_port(snmp(), None, 0.0)
+    one = busiest_port(snmp(), None, 0.0)
     assert one is not None and one.headroom_bits_per_second is None and one.new_errors is None
 
 
@@ -753,7 +754,7 @@ def test_the_printed_report_in_indonesian_has_no_english(inv: Inventory, village
 
 
 def test_the_command_registers_on_a_typer_app(capsys: pytest.CaptureFixture[str]) -> None:
-    """What exporter/cli.py will do: `register(app)`; then `desanet check NAME …` parses as documented."""
+    """What cli/app.py does: `register(app)`; then `desanet check NAME …` parses as documented."""
     import typer
     from typer.testing import CliRunner
 

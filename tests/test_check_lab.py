@@ -55,7 +55,7 @@ def jitter_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def check(lab: Lab, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str, float]:
     """Run `desanet check … --json` in the NOC namespace: exit code, JSON, stderr, wall seconds."""
-    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "exporter.commands.check", *args, "--json"]
+    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "desanet.cli.check", *args, "--json"]
     t0 = time.monotonic()
     proc = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=60, check=False)
     wall = time.monotonic() - t0
@@ -175,7 +175,7 @@ def test_ping_figures_agree_with_probe_icmp(lab: Lab, env: dict[str, str], impai
     probe = lab.noc(
         sys.executable,
         "-m",
-        "exporter.cli",
+        "desanet.cli",
         "probe",
         "icmp",
         "glagah",
@@ -220,7 +220,7 @@ def run_in_terminal(lab: Lab, env: dict[str, str], tmp: Path, args: list[str], l
                 lab.noc_ns,
                 sys.executable,
                 "-m",
-                "exporter.commands.check",
+                "desanet.cli.check",
                 *args,
             ]
         ),

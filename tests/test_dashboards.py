@@ -20,8 +20,9 @@ import pytest
 
 pytest.importorskip("grafana_foundation_sdk")
 
-from dashboards import build, promql
-from dashboards.panels import DATASOURCE_UID, GRID_WIDTH, UIDS
+from desanet.dashboards import build, promql
+from desanet.dashboards.panels import GRID_WIDTH, UIDS
+from desanet.dashboards.variables import DATASOURCE_UID
 from tests.conftest import ROOT
 
 DASHBOARD_FILES = sorted(build.JSON_DIR.glob("*.json"))
@@ -168,7 +169,7 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def test_every_metric_is_in_the_exporters_contract() -> None:
-    from exporter.metrics import SPECS
+    from desanet.exporter.metrics import SPECS
 
     known = {s.name for s in SPECS}
     known |= {f"{s.name}{suffix}" for s in SPECS if s.type == "histogram" for suffix in ("_bucket", "_sum", "_count")}
@@ -195,9 +196,9 @@ def test_the_map_reads_village_coordinates_as_numbers() -> None:
     ]
     assert {c["targetField"] for c in conversions} == {"latitude", "longitude"}
     # …and the exporter does put the inventory's coordinates on desanet_village_info.
-    from exporter.inventory import load_inventory
-    from exporter.metrics import render_village
-    from exporter.state import VillageState
+    from desanet.district import load_inventory
+    from desanet.exporter.metrics import render_village
+    from desanet.exporter.state import VillageState
 
     inv = load_inventory(ROOT / "inventory.yaml")
     v = inv.villages[0]
@@ -229,7 +230,7 @@ def test_tables_sort_and_rename_fields_their_queries_produce() -> None:
 
 
 def test_verdict_rank_is_the_exporters() -> None:
-    from exporter.scheduler import VERDICT_RANK
+    from desanet.exporter.scheduler import VERDICT_RANK
 
     assert promql.VERDICT_RANK == VERDICT_RANK
 
@@ -366,7 +367,7 @@ def _cli(*args: str) -> Any:
     import typer
     from typer.testing import CliRunner
 
-    from exporter.commands import dashboards as command
+    from desanet.cli import dashboards as command
 
     app = typer.Typer()
     command.register(app)

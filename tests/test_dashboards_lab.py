@@ -160,7 +160,7 @@ def prom(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
     )  # fmt: skip
     with (tmp / "serve.log").open("w") as serve_log, (tmp / "prom.log").open("w") as prom_log:
         serve = subprocess.Popen(
-            ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "exporter.cli", "serve",
+            ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "desanet.cli", "serve",
              "--inventory", str(inventory), "--web.listen-address", EXPORTER],
             env=env, text=True, stdout=serve_log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -106,7 +106,7 @@ def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
                 lab.noc_ns,
                 sys.executable,
                 "-m",
-                "exporter.cli",
+                "desanet.cli",
                 "serve",
                 "--inventory",
                 str(inventory),
@@ -329,7 +329,7 @@ def test_serve_needs_only_cap_net_raw(lab: Lab, tmp_path: Path) -> None:
     serve = [
         sys.executable,
         "-m",
-        "exporter.cli",
+        "desanet.cli",
         "serve",
         "--inventory",
         str(inventory),

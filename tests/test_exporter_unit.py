@@ -11,13 +11,13 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from exporter.exposition import Exposition, FamilySpec, LineBuilder, escape, number
-from exporter.inventory import parse_inventory
-from exporter.logfmt import LogfmtFormatter
-from exporter.metrics import SPECS, render_village
-from exporter.scheduler import in_shard
-from exporter.state import RTT_BUCKETS, VillageState
-from exporter.webconfig import Authenticator, WebConfigError, parse_web_config
+from desanet.district import parse_inventory
+from desanet.exporter.exposition import Exposition, FamilySpec, LineBuilder, escape, number
+from desanet.exporter.logfmt import LogfmtFormatter
+from desanet.exporter.metrics import SPECS, render_village
+from desanet.exporter.scheduler import in_shard
+from desanet.exporter.state import RTT_BUCKETS, VillageState
+from desanet.exporter.webconfig import Authenticator, WebConfigError, parse_web_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ villages:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (scripts/setup.sh)")
 def test_rendered_village_passes_promtool() -> None:
-    from exporter import readiness as rd
+    from desanet.verdict import readiness as rd
 
     inv = parse_inventory(_small_inventory(), strict_time=False)
     vs = VillageState.create(inv.villages[0])

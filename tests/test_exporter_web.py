@@ -67,7 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
     port = _free_port()
     with open(tmp / "serve.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter.cli", "serve", "--inventory", str(ROOT / "inventory.yaml"),
+            [sys.executable, "-m", "desanet.cli", "serve", "--inventory", str(ROOT / "inventory.yaml"),
              "--probes", "snmp", "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file",
              str(tmp / "web.yml")],
             stdout=log, stderr=subprocess.STDOUT, env={**__import__("os").environ, **LAB_SECRETS},

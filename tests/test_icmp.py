@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from probes.icmp import (
+from desanet.probes.icmp import (
     BATCH_ECHOES,
     ECHO_REPLY,
     ERROR,
@@ -350,7 +350,7 @@ def test_forged_and_stray_replies_are_counted_and_ignored() -> None:
 
     async def go() -> dict[str, Any]:
         async with IcmpEngine() as engine:
-            from probes.icmp import Train
+            from desanet.probes.icmp import Train
 
             t = Train(engine, "127.0.0.9", IcmpSettings(count=1, timeout=2))
             engine._trains.add(t)
@@ -589,7 +589,7 @@ table inet desanet_t {
 
 
 def in_ns(ns: str, coro_fn: Any) -> Any:
-    from lab.netns import run_in_netns
+    from desanet.lab.netns import run_in_netns
 
     return run_in_netns(ns, lambda: asyncio.run(coro_fn()))
 
@@ -617,7 +617,7 @@ def test_loss_accounting_without_cross_contamination(netns: str) -> None:
 
 @needs_netns
 def test_ping_socket_when_the_group_range_allows(netns: str) -> None:
-    from lab.netns import run_in_netns, write_sysctls
+    from desanet.lab.netns import run_in_netns, write_sysctls
 
     write_sysctls(netns, {"ipv4/ping_group_range": "0 2147483647"})
     nft(netns, LOSS_RULES)
@@ -649,7 +649,7 @@ class DelayedResponder:
     def __init__(self, ns: str, addresses: list[str], delay: float):
         import threading
 
-        from lab.netns import socket_in_netns
+        from desanet.lab.netns import socket_in_netns
 
         self.delay = delay
         self.socks: dict[str, socket.socket] = {}
@@ -701,7 +701,7 @@ class DelayedResponder:
 def test_replies_arriving_between_ticks(netns: str) -> None:
     """20 ms replies: continuous targets (dense ticks, reader off) and a sparse train (reader on) both match
     every reply, and no RTT comes out below the responder's delay (TX and RX stamps belong together)."""
-    from lab.netns import write_sysctls
+    from desanet.lab.netns import write_sysctls
 
     write_sysctls(netns, {"ipv4/icmp_echo_ignore_all": "1"})
     addresses = [f"127.0.0.{i}" for i in range(2, 12)]
@@ -797,7 +797,7 @@ table inet desanet_t {
 
 
 def desanet(*args: str, ns: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "exporter.cli", "probe", "icmp", *args]
+    cmd = [sys.executable, "-m", "desanet.cli", "probe", "icmp", *args]
     if ns:
         cmd = ["ip", "netns", "exec", ns, *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
@@ -856,7 +856,7 @@ def test_cli_without_permission_exits_2() -> None:
     if shutil.which("setpriv") is None or ping_group_allows(65534):
         pytest.skip("needs setpriv and a ping_group_range that excludes nobody")
     cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
-    cmd += [sys.executable, "-m", "exporter.cli", "probe", "icmp", "127.0.0.1", "--count", "1"]
+    cmd += [sys.executable, "-m", "desanet.cli", "probe", "icmp", "127.0.0.1", "--count", "1"]
     env = {**os.environ, "HOME": "/tmp"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env, check=False)
     assert p.returncode == 2, (p.stdout, p.stderr)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from lab.netns import run_in_netns
-from probes.icmp import IcmpEngine
+from desanet.lab.netns import run_in_netns
+from desanet.probes.icmp import IcmpEngine
 
 # A speed target, so a benchmark (DEVELOPERS: timing targets live in bench/, not in the default suite): on a
 # shared, loaded VM any process misses 10 ms deadlines, blackhole or not (controls in docs/performance.md).

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes.icmp import (
+from desanet.probes.icmp import (
     ECHO_REPLY,
     ERROR,
     MALFORMED,

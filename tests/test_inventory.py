@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.inventory import (
+from desanet.district import (
     DEFAULT_PROFILES,
     EnvSecret,
     FileSecret,
@@ -40,8 +40,8 @@ from exporter.inventory import (
     resolve_secret,
     slugify,
 )
-from exporter.synth import synth_inventory
-from exporter.targets import TargetError, find_village
+from desanet.district.synth import synth_inventory
+from desanet.district.targets import TargetError, find_village
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "testdata" / "inventories"
@@ -55,7 +55,7 @@ JAKARTA = ZoneInfo("Asia/Jakarta")
 def desanet(*args: str) -> subprocess.CompletedProcess[str]:
     """The real command line, as an operator runs it."""
     exe = Path(sys.executable).parent / "desanet"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from exporter.cli import main; main()"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from desanet.cli.app import main; main()"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -666,7 +666,7 @@ def test_slugify() -> None:
 )
 def test_fast_and_positioned_readers_agree(path: Path) -> None:
     """The libyaml first read must give the very inventory the ruamel read (used for messages) gives."""
-    from exporter import inventory as inv_mod
+    from desanet.district import load as inv_mod
 
     text = path.read_text()
     fast = inv_mod._load_yaml_fast(text)
@@ -679,7 +679,7 @@ def test_fast_and_positioned_readers_agree(path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["a: yes\n", "a: 1:30\n", "a: 1\na: 2\n", "a: [1\n"])
 def test_fast_reader_defers_what_yaml_1_1_would_read_differently(text: str) -> None:
-    from exporter import inventory as inv_mod
+    from desanet.district import load as inv_mod
 
     data = inv_mod._load_yaml_fast(text)
     assert data is inv_mod._SLOW or data == {"a": "yes"} or data == {"a": "1:30"}

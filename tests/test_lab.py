@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from probes.stats import binomial_interval
+from desanet.probes.stats import binomial_interval
 from tests.conftest import LAB_SECRETS, Lab
 
 pytestmark = pytest.mark.lab
@@ -182,7 +182,7 @@ def test_refuses_without_root_with_a_clear_message(tmp_path: Path) -> None:
             "--clear-groups",
             sys.executable,
             "-m",
-            "exporter.cli",
+            "desanet.cli",
             "lab",
             "up",
         ],
@@ -203,7 +203,7 @@ def test_refuses_when_a_package_is_missing(tmp_path: Path) -> None:
         path = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
         (bindir / tool).symlink_to(path)
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "lab", "up"],
+        [sys.executable, "-m", "desanet.cli", "lab", "up"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -219,7 +219,7 @@ def test_up_is_idempotent_and_down_removes_everything(tmp_path: Path) -> None:
         pytest.skip("needs root")
     inv = tmp_path / "small.yaml"
     subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "inventory", "synth", "-n", "3", "--kecamatan", "2", "-o", str(inv)],
+        [sys.executable, "-m", "desanet.cli", "inventory", "synth", "-n", "3", "--kecamatan", "2", "-o", str(inv)],
         check=True,
         capture_output=True,
     )
@@ -228,7 +228,7 @@ def test_up_is_idempotent_and_down_removes_everything(tmp_path: Path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "exporter.cli", *args],
+            [sys.executable, "-m", "desanet.cli", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""exporter.readiness: thresholds at their exact edges, monotonicity, the limiting factor, the E-model MOS."""
+"""desanet.verdict.readiness: thresholds at their exact edges, monotonicity, the limiting factor, the E-model MOS."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import readiness as rd
-from exporter.inventory import DEFAULT_PROFILES, Profile
-from exporter.readiness import Measurements
+from desanet.district import DEFAULT_PROFILES, Profile
+from desanet.verdict import readiness as rd
+from desanet.verdict.readiness import Measurements
 
 MEET = next(p for p in DEFAULT_PROFILES if p.name == "meet-hd")  # 3.2/3.2 Mbit, 100/150 ms, 30/40 ms, 1/3 %
 ZOOM_1080P = next(p for p in DEFAULT_PROFILES if p.name == "zoom-1080p")  # 2.5 down, 3.0 up
@@ -492,5 +492,5 @@ def test_readiness_keeps_ready_and_verdict_consistent() -> None:
 
 
 def test_module_is_pure() -> None:
-    code = "import sys, exporter.readiness; sys.exit('prometheus_client' in sys.modules)"
+    code = "import sys, desanet.verdict.readiness; sys.exit('prometheus_client' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance
 
-from lab.snmp_agent import (
+from desanet.lab.snmp_agent import (
     MIKROTIK_OPTICAL,
     EntitySensor,
     OpticalValues,
@@ -32,22 +32,19 @@ from lab.snmp_agent import (
     set_rows,
     write_agent_files,
 )
-from probes.snmp import (
+from desanet.probes.snmp import (
     IF_COLUMNS,
     MIKROTIK_OPTICAL_COLUMNS,
     OID_NAMES,
     SnmpPoller,
     SnmpResult,
     SnmpSettings,
-    _decode_response,
-    _encode_request,
-    _encode_varbind,
     _entity_optics,
     _mikrotik_optics,
-    _peek_request_id,
     probe,
     sensor_value,
 )
+from desanet.probes.snmp_v2c import decode_response, encode_request, encode_varbind, peek_request_id
 from tests.test_snmp_agent import (
     COMMUNITY,
     V3,
@@ -169,8 +166,8 @@ def test_v2c_codec_agrees_with_pysnmp() -> None:
     api.apiMessage.set_community(msg, "c")
     api.apiMessage.set_pdu(msg, pdu)
     data = encoder.encode(msg)
-    assert _peek_request_id(data) == 123456
-    status, index, vbs = _decode_response(data)
+    assert peek_request_id(data) == 123456
+    status, index, vbs = decode_response(data)
     assert (status, index) == (0, 0) and [o for o, _ in vbs] == [o for o, _ in pairs]
     got = dict(vbs)
     assert got[(1, 3, 6, 1, 2, 1, 1, 3, 0)] == 42 and got[(1, 3, 6, 1, 4, 1, 14988, 200000, 1)] == -21370
@@ -178,11 +175,11 @@ def test_v2c_codec_agrees_with_pysnmp() -> None:
     assert isinstance(got[(1, 3, 2)], NoSuchInstance) and isinstance(got[(1, 3, 3)], EndOfMibView)
     assert got[(1, 3, 5)] == oid_value and got[(1, 3, 6)] == 2**32 - 1 and got[(1, 3, 7)] == -(2**31)
     with pytest.raises((IndexError, ValueError)):
-        _decode_response(data[:-3])
+        decode_response(data[:-3])
 
     # and a request of ours is what pysnmp reads: a GETBULK with its counts and OIDs
     oids = [(1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6), (2, 999, 3, 128)]
-    raw = _encode_request(b"public", 0xA5, 2**30, 1, 25, b"".join(_encode_varbind(o) for o in oids))
+    raw = encode_request(b"public", 0xA5, 2**30, 1, 25, b"".join(encode_varbind(o) for o in oids))
     decoded, rest = decoder.decode(raw, asn1Spec=api.Message())
     req = api.apiMessage.get_pdu(decoded)
     assert rest == b"" and bytes(api.apiMessage.get_community(decoded)) == b"public"
@@ -410,7 +407,7 @@ def test_entity_sensor_fallback(tmp_path: Path) -> None:
 
 def test_entity_optics_without_entity_mib() -> None:
     """No ENTITY-MIB names or containment: each power sensor stands alone, told apart only by units."""
-    from probes.snmp import ENTITY_SENSOR_COLUMNS as c
+    from desanet.probes.snmp import ENTITY_SENSOR_COLUMNS as c
 
     tables: dict[tuple[int, ...], dict[tuple[int, ...], Any]] = {
         c["type"]: {(7,): 1},
@@ -616,7 +613,7 @@ def test_scale_200_polls(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 def desanet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "probe", "snmp", *args],
+        [sys.executable, "-m", "desanet.cli", "probe", "snmp", *args],
         capture_output=True,
         text=True,
         timeout=60,

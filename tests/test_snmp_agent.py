@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.snmp_agent import (
+from desanet.lab.snmp_agent import (
     ENTITY_SENSOR,
     MIKROTIK_OPTICAL_ENTRY,
     EntitySensor,

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from probes import stamp
-from probes.reflector import Reflector, ReflectorOptions, parse_listen
-from probes.stamp import (
+from desanet.probes import stamp
+from desanet.probes.reflector import Reflector, ReflectorOptions, parse_listen
+from desanet.probes.stamp import (
     MIN_PACKET_BYTES,
     Reply,
     StampSettings,
@@ -550,7 +550,7 @@ def test_late_replies_count_as_lost() -> None:
 # ------------------------------------------------------------------------------------------------ the CLI
 def desanet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args],
+        [sys.executable, "-m", "desanet.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -564,7 +564,7 @@ class ReflectorProcess:
 
     def __init__(self, port: int, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter.cli", "reflector", "--listen", f"{LOOPBACK}:{port}", *extra],
+            [sys.executable, "-m", "desanet.cli", "reflector", "--listen", f"{LOOPBACK}:{port}", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

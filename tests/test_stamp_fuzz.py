@@ -14,9 +14,9 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes import stamp
-from probes.reflector import Reflector, ReflectorOptions, _Listener
-from probes.stamp import (
+from desanet.probes import stamp
+from desanet.probes.reflector import Reflector, ReflectorOptions, _Listener
+from desanet.probes.stamp import (
     MIN_PACKET_BYTES,
     Reply,
     StampSettings,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from probes import stats
+from desanet.probes import stats
 
 # Delays in seconds as desanet sees them: 0 to 10 s, finite, no NaN.
 delay = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)

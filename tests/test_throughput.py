@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from typer.testing import CliRunner, Result
 
-from probes.throughput import (
+from desanet.probes.throughput import (
     Direction,
     DirectionResult,
     Protocol,
@@ -292,7 +292,7 @@ def test_udp_rehearsal_at_20_mbit(make_server: Callable[..., Iperf3Server], dire
 
 
 def test_out_of_order_count_from_the_servers_report() -> None:
-    from probes.throughput import _reordered_from_server_output
+    from desanet.probes.throughput import _reordered_from_server_output
 
     text = (
         "[ ID] Interval           Transfer     Bitrate         Jitter    Lost/Total Datagrams\n"
@@ -416,7 +416,7 @@ def test_nothing_listening_in_words() -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _cli(*args: str, env: dict[str, str] | None = None) -> Result:
-    from exporter.cli import app
+    from desanet.cli.app import app
 
     return CliRunner().invoke(app, ["probe", "throughput", *args], env=env)
 
@@ -481,7 +481,7 @@ def _village_inventory(tmp_path: Path, port: int) -> Path:
 @needs_iperf3
 @pytest.mark.timeout(60)
 def test_cli_village_rules(server: Iperf3Server, tmp_path: Path) -> None:
-    from exporter.budget import LEDGER_FILE, UplinkLock
+    from desanet.budget import LEDGER_FILE, UplinkLock
 
     inv = _village_inventory(tmp_path, server.port)
     state = tmp_path / "state"

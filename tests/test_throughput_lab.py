@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from probes.throughput import ThroughputError, ThroughputResult, ThroughputSettings, probe
+from desanet.probes.throughput import ThroughputError, ThroughputResult, ThroughputSettings, probe
 from tests.conftest import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -209,7 +209,7 @@ def cli_env(lab: Lab, tmp_path: Path) -> dict[str, str]:
 
 
 def _cli(lab: Lab, env: dict[str, str], *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
-    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "exporter.cli", "probe", "throughput", *args]
+    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "desanet.cli", "probe", "throughput", *args]
     argv += ["--inventory", str(inventory or lab.inventory)]
     proc = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=60, check=False)
     proc.stderr = " ".join(proc.stderr.split())  # rich wraps long lines at the terminal width
@@ -232,7 +232,7 @@ def test_second_test_on_the_same_uplink_is_refused(lab: Lab, cli_env: dict[str, 
     first, second = EXCLUSIVE
     lock = Path(cli_env["DESANET_STATE_DIR"]) / "locks" / "uplink-bangorejo.lock"
     _cap(lab, first, 20)
-    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "exporter.cli", "probe", "throughput", first]
+    argv = ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "desanet.cli", "probe", "throughput", first]
     # A UDP rehearsal runs its full max_seconds: the first test holds the uplink for a known 3 s.
     argv += ["--udp", "--bitrate", "2", "--direction", "down", "--max-seconds", "3", "--json"]
     argv += ["--inventory", str(lab.inventory)]

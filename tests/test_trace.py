@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from probes.stats import binomial_interval
-from probes.trace import TraceResult, TraceSettings, probe
+from desanet.probes.stats import binomial_interval
+from desanet.probes.trace import TraceResult, TraceSettings, probe
 from tests.conftest import LAB_SECRETS
 
 pytestmark = pytest.mark.lab
@@ -49,7 +49,7 @@ class TraceLab:
 
     def desanet(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "exporter.cli", *args],
+            [sys.executable, "-m", "desanet.cli", *args],
             env=self.env,
             text=True,
             capture_output=True,
@@ -61,7 +61,7 @@ class TraceLab:
 
     def noc_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ip", "netns", "exec", self.noc_ns, sys.executable, "-m", "exporter.cli", *args],
+            ["ip", "netns", "exec", self.noc_ns, sys.executable, "-m", "desanet.cli", *args],
             env=self.env,
             text=True,
             capture_output=True,
@@ -84,13 +84,13 @@ class TraceLab:
         return [p["core_ns"], *(k["ns"] for k in p["kecamatan"]), *(v["ns"] for v in p["villages"])]
 
     def set_ratemask(self, value: str, namespaces: list[str] | None = None) -> None:
-        from lab.netns import write_sysctls
+        from desanet.lab.netns import write_sysctls
 
         for ns in namespaces or self.routers():
             write_sysctls(ns, {"ipv4/icmp_ratemask": value})
 
     def trace(self, address: str, **settings: Any) -> TraceResult:
-        from lab.netns import run_in_netns
+        from desanet.lab.netns import run_in_netns
 
         s = TraceSettings(**settings)
         return run_in_netns(self.noc_ns, lambda: asyncio.run(probe(address, s)))
@@ -122,7 +122,7 @@ def tlab() -> Iterator[TraceLab]:
             [
                 sys.executable,
                 "-m",
-                "exporter.cli",
+                "desanet.cli",
                 "lab",
                 "up",
                 "--no-services",
@@ -142,7 +142,7 @@ def tlab() -> Iterator[TraceLab]:
         yield lab
     finally:
         subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "lab", "down"],
+            [sys.executable, "-m", "desanet.cli", "lab", "down"],
             env=env,
             capture_output=True,
             timeout=300,
@@ -335,7 +335,7 @@ def test_cli_without_raw_socket_permission_says_so(tlab: TraceLab) -> None:
         pytest.skip("needs setpriv (util-linux) to drop CAP_NET_RAW")
     drop = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", "--"]
     proc = subprocess.run(
-        [*drop, sys.executable, "-m", "exporter.cli", "probe", "trace", "127.0.0.1"],
+        [*drop, sys.executable, "-m", "desanet.cli", "probe", "trace", "127.0.0.1"],
         env=tlab.env,
         text=True,
         capture_output=True,

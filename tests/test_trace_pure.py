@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes import trace
-from probes.trace import (
+from desanet.probes import trace
+from desanet.probes.trace import (
     Degradation,
     Flow,
     Hop,
@@ -484,7 +484,7 @@ def test_degradation_is_a_plain_value() -> None:
 def test_cli_exit_codes_without_a_network(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from exporter.cli import app
+    from desanet.cli.app import app
 
     runner = CliRunner()
 

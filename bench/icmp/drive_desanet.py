@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from probes.icmp import LATENESS_BUCKETS_SECONDS, IcmpEngine, IcmpSettings
+from desanet.probes.icmp import LATENESS_BUCKETS_SECONDS, IcmpEngine, IcmpSettings
 
 
 async def continuous(addresses: list[str], interval: float, warmup: float, seconds: float) -> dict[str, object]:

@@ -97,7 +97,7 @@ def scrape() -> tuple[float, str]:
 
 def run(n: int, seconds: float, tmp: Path) -> dict[str, float]:
     inv = tmp / f"synth-{n}.yaml"
-    text = sh(sys.executable, "-m", "exporter.cli", "inventory", "synth", "--villages", str(n), "--kecamatan", "25")
+    text = sh(sys.executable, "-m", "desanet.cli", "inventory", "synth", "--villages", str(n), "--kecamatan", "25")
     inv.write_text(text)
     env = {**os.environ, "DESANET_SNMP_COMMUNITY": "bench", "DESANET_STATE_DIR": str(tmp)}
     log = open(tmp / f"serve-{n}.log", "w")  # noqa: SIM115 - lives as long as the child
@@ -109,7 +109,7 @@ def run(n: int, seconds: float, tmp: Path) -> dict[str, float]:
             NOC,
             sys.executable,
             "-m",
-            "exporter.cli",
+            "desanet.cli",
             "serve",
             "--inventory",
             str(inv),

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lab.snmp_agent import OpticalValues, SnmpV3User, write_agent_files
-from probes.snmp import IF_COLUMNS, MIKROTIK_OPTICAL_COLUMNS, SYS_UPTIME, SnmpPoller, SnmpSettings
+from desanet.lab.snmp_agent import OpticalValues, SnmpV3User, write_agent_files
+from desanet.probes.snmp import IF_COLUMNS, MIKROTIK_OPTICAL_COLUMNS, SYS_UPTIME, SnmpPoller, SnmpSettings
 
 COMMUNITY = "bench-community"
 V3 = SnmpV3User(user="bench", auth_key="bench-auth-key", priv_key="bench-priv-key")

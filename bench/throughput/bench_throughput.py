@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.netns import run_in_netns
-from probes.throughput import ThroughputSettings, probe
+from desanet.lab.netns import run_in_netns
+from desanet.probes.throughput import ThroughputSettings, probe
 
 PAYLOAD, FRAME = 1448, 1514  # MSS with TCP timestamps, and the frame tbf counts
 
@@ -43,7 +43,7 @@ def lab_state(prefix: str) -> dict[str, Any]:
 def impair(prefix: str, slug: str, *args: str) -> None:
     env = {**os.environ, "DESANET_LAB_PREFIX": prefix}
     subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "lab", "impair", slug, *args],
+        [sys.executable, "-m", "desanet.cli", "lab", "impair", slug, *args],
         env=env,
         check=True,
         capture_output=True,

@@ -1,0 +1,183 @@
+"""`desanet lab up|down|status|impair|truth|exec`: the simulated district, by hand or from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from desanet.district import InventoryError, default_inventory_path
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"desanet lab: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    lab_app = typer.Typer(
+        help="The simulated village network (network namespaces) that desanet is tested on.", no_args_is_help=True
+    )
+    app.add_typer(lab_app, name="lab")
+
+    @lab_app.command("up")
+    def up_cmd(
+        inventory: Annotated[Path | None, typer.Option(help="Inventory to simulate.")] = None,
+        no_services: Annotated[bool, typer.Option("--no-services", help="Skip snmpd and iperf3.")] = False,
+    ) -> None:
+        """Build the lab: a NOC, a core, one namespace per kecamatan and per village, with their agents."""
+        from desanet.lab.lab import LabError, up
+
+        try:
+            up(
+                inventory or default_inventory_path(),
+                services=not no_services,
+                progress=lambda m: typer.echo(f"lab: {m}", err=True),
+            )
+        except (LabError, InventoryError) as exc:
+            _fail(str(exc))
+
+    @lab_app.command("down")
+    def down_cmd() -> None:
+        """Remove every namespace, link, rule and process the lab made."""
+        from desanet.lab.lab import LabError, down
+
+        try:
+            removed = down()
+        except LabError as exc:
+            _fail(str(exc))
+        typer.echo(f"lab down: removed {', '.join(removed) or 'nothing (it was not up)'}", err=True)
+
+    @lab_app.command("status")
+    def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+        """Is the lab up, and what is impaired? Exit 0 when up and healthy, 1 otherwise."""
+        from desanet.lab.lab import status
+
+        st = status()
+        if as_json:
+            typer.echo(json.dumps(st, indent=2))
+        elif not st["up"] and not st.get("villages"):
+            typer.echo(f"lab {st['prefix']}: down ({st['namespaces']} namespaces left)")
+        else:
+            typer.echo(
+                f"lab {st['prefix']}: {'up' if st['up'] else 'DEGRADED'}, {st['villages']} villages in "
+                f"{st['kecamatan']} kecamatan, {st['processes']} processes, built in {st['up_seconds']} s"
+            )
+            for name in st["dead_processes"]:
+                typer.echo(f"  dead: {name}")
+            for key, imp in st["impaired"].items():
+                typer.echo(f"  impaired {key}: {_describe(imp)}")
+        raise typer.Exit(0 if st["up"] else 1)
+
+    @lab_app.command("impair")
+    def impair_cmd(
+        village: Annotated[str | None, typer.Argument(help="Village slug (or use --kecamatan).")] = None,
+        kecamatan: Annotated[str | None, typer.Option(help="Impair this kecamatan's uplink instead.")] = None,
+        delay: Annotated[float | None, typer.Option(help="Delay toward the village, ms.")] = None,
+        jitter: Annotated[float | None, typer.Option(help="Jitter toward the village, ms (uniform ±).")] = None,
+        loss: Annotated[float | None, typer.Option(help="Loss toward the village, %.")] = None,
+        rate: Annotated[float | None, typer.Option(help="Rate cap toward the village, Mbit/s.")] = None,
+        up_delay: Annotated[float | None, typer.Option(help="Delay toward the NOC, ms.")] = None,
+        up_jitter: Annotated[float | None, typer.Option(help="Jitter toward the NOC, ms.")] = None,
+        up_loss: Annotated[float | None, typer.Option(help="Loss toward the NOC, %.")] = None,
+        up_rate: Annotated[float | None, typer.Option(help="Rate cap toward the NOC, Mbit/s.")] = None,
+        down: Annotated[bool, typer.Option("--down", help="Blackhole it: nothing passes either way.")] = False,
+        restore: Annotated[bool, typer.Option("--restore", help="Remove every impairment first.")] = False,
+        optical_rx_dbm: Annotated[float | None, typer.Option(help="Optical rx power the router reports, dBm.")] = None,
+        optical_tx_dbm: Annotated[float | None, typer.Option(help="Optical tx power the router reports, dBm.")] = None,
+    ) -> None:
+        """Impair one village's link or a kecamatan uplink, per direction, like netem on each side. 0 clears."""
+        from desanet.lab.lab import LabError, impair
+
+        optical: dict[str, Any] = {}
+        if optical_rx_dbm is not None:
+            optical["rx_dbm"] = optical_rx_dbm
+        if optical_tx_dbm is not None:
+            optical["tx_dbm"] = optical_tx_dbm
+        try:
+            cur = impair(
+                village,
+                kecamatan,
+                {"delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss, "rate_mbit": rate},
+                {"delay_ms": up_delay, "jitter_ms": up_jitter, "loss_pct": up_loss, "rate_mbit": up_rate},
+                blackhole=down,
+                restore=restore,
+                optical=optical or None,
+            )
+        except LabError as exc:
+            _fail(str(exc))
+        typer.echo(f"{village or kecamatan}: {_describe(cur)}")
+
+    @lab_app.command("truth")
+    def truth_cmd(
+        window: Annotated[float, typer.Option(help="Seconds of history to summarise.")] = 60.0,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """What the lab imposed (configured) and actually applied per packet over the last WINDOW seconds."""
+        from desanet.lab.lab import LabError, truth
+
+        try:
+            t = truth(window)
+        except LabError as exc:
+            _fail(str(exc))
+        if as_json:
+            typer.echo(json.dumps(t, indent=1))
+            return
+        for section in ("kecamatan", "villages"):
+            for name, e in t[section].items():
+                if not any(a["packets"] for a in e["applied"].values()) and _describe(e["configured"]) == "clean":
+                    continue
+                typer.echo(f"{name}: {_describe(e['configured'])}")
+                for d in ("down", "up"):
+                    a = e["applied"][d]
+                    if a["packets"]:
+                        typer.echo(
+                            f"  {d}: {a['packets']} packets, {a['dropped']} dropped, delay p50 "
+                            f"{_ms(a['delay_ms_p50'])} mean {_ms(a['delay_ms_mean'])} "
+                            f"ipdv {_ms(a['ipdv_ms_mean_abs'])}"
+                        )
+
+    @lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def exec_cmd(ctx: typer.Context) -> None:
+        """Run a command inside the NOC namespace: `desanet lab exec -- ping 10.115.1.1`."""
+        from desanet.lab.lab import LabError, exec_argv
+
+        command = list(ctx.args)
+        if command and command[0] == "--":
+            command = command[1:]
+        if not command:
+            _fail("give a command: desanet lab exec -- COMMAND ...", 2)
+        try:
+            argv = exec_argv(command)
+        except LabError as exc:
+            _fail(str(exc))
+        sys.stdout.flush()
+        os.execvp(argv[0], argv)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
+
+
+def _describe(imp: dict[str, Any]) -> str:
+    parts = []
+    if imp.get("blackholed"):
+        parts.append("BLACKHOLED")
+    for d, label in (("down", "down"), ("up", "up")):
+        x = imp[d]
+        bits = []
+        if x.get("delay_ms") is not None:
+            bits.append(f"delay {x['delay_ms']:g} ms")
+        if x.get("jitter_ms") is not None:
+            bits.append(f"jitter ±{x['jitter_ms']:g} ms")
+        if x.get("loss_pct") is not None:
+            bits.append(f"loss {x['loss_pct']:g} %")
+        if x.get("rate_mbit") is not None:
+            bits.append(f"rate {x['rate_mbit']:g} Mbit/s")
+        if bits:
+            parts.append(f"{label}: {', '.join(bits)}")
+    return "; ".join(parts) or "clean"
