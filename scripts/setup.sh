@@ -66,6 +66,12 @@ main() {
   # offline (no build isolation inside the test's network namespace).
   .venv/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS:-test}]"
+  if [ "${EXTRAS:-test}" = test ] && [ ! -x .venv-snmpsim/bin/snmpsim-command-responder ]; then
+    # snmpsim serves the recorded devices in tests/snmprec/. Its own venv: it needs pysmi (undeclared), which
+    # pulls in requests, Jinja2 and lark, none of which desanet itself should depend on.
+    "$py" -m venv .venv-snmpsim
+    .venv-snmpsim/bin/python -m pip install -q --disable-pip-version-check "snmpsim==1.2.2" "pysmi>=2,<3"
+  fi
   echo "setup: ready ($(.venv/bin/python --version), desanet installed in .venv)" >&2
 }
 
