@@ -3,7 +3,8 @@
 Stateful (RFC 8762 §4.2.2): every (listening socket, sender address, sender port) is a session with its own
 sequence counter, starting at 0 and incremented for every reply, so a sender can tell a packet lost on the way
 in (no gap in our numbering) from a reply lost on the way back (a gap). Sessions idle for `session_idle_seconds`
-are forgotten, and at most `max_sessions` are kept (the least recently used goes first).
+are forgotten (a sender back after such a pause, even from the same port, is numbered from 0 again), and at most
+`max_sessions` are kept (the least recently used goes first).
 
 Per packet: T2 is the kernel's receive stamp (SO_TIMESTAMPNS; user-space time if the kernel gives none), T3 is
 read just before sendmsg(). The reply is max(received length, 44) octets, the Sender TTL field carries the TTL the
@@ -236,9 +237,13 @@ class Reflector:
     # ------------------------------------------------------------------------------------------- metrics
     @property
     def sessions_active(self) -> int:
+        """Sessions within the idle time. Packets sweep the table as they come; with none coming, a session idle
+        past the limit must still leave the count, so reading it sweeps too."""
+        self._expire(time.monotonic())
         return len(self._sessions)
 
     def sessions(self) -> list[Session]:
+        self._expire(time.monotonic())
         return list(self._sessions.values())
 
     def counters(self) -> dict[str, int]:
@@ -366,6 +371,12 @@ class Reflector:
         sessions = self._sessions
         key = (index, peer_ip, peer_port)
         session = sessions.get(key)
+        if session is not None and session.last_seen < now - self.options.session_idle_seconds:
+            # Idle past the limit: whoever sends now (often the same sender re-run from the same port) starts a new
+            # session numbered from 0. Checked before last_seen is refreshed, which would hide the pause.
+            del sessions[key]
+            self.sessions_expired += 1
+            session = None
         if session is not None:
             session.last_seen = now
             sessions.move_to_end(key)
@@ -374,12 +385,19 @@ class Reflector:
             sessions[key] = session
             self.sessions_created += 1
             self.log.debug("session", extra={"fields": {"peer": _fmt((peer_ip, peer_port))}})
-        # Forget idle sessions from the old end (amortised O(1)) and keep the table bounded.
+        self._expire(now, limit=16, keep=session)  # amortised O(1) per packet
+        return session
+
+    def _expire(self, now: float, *, limit: int | None = None, keep: Session | None = None) -> None:
+        """Forget sessions idle past the limit and keep the table within max_sessions, from the least recently
+        seen end (the table is in last_seen order, so the first session still in time ends the sweep)."""
+        sessions = self._sessions
         idle_before = now - self.options.session_idle_seconds
-        for _ in range(16):
+        swept = 0
+        while sessions and (limit is None or swept < limit):
             oldest_key = next(iter(sessions))
             oldest = sessions[oldest_key]
-            if oldest is session:
+            if oldest is keep:
                 break
             if oldest.last_seen < idle_before:
                 del sessions[oldest_key]
@@ -389,7 +407,7 @@ class Reflector:
                 self.sessions_evicted += 1
             else:
                 break
-        return session
+            swept += 1
 
 
 def _fmt(addr: Any) -> str:

@@ -482,6 +482,40 @@ def test_reflector_forgets_idle_and_evicts_old_sessions() -> None:
             c.close()
 
 
+def test_a_sender_back_after_the_idle_time_starts_a_new_numbering() -> None:
+    """A sender re-run from the same port after a pause longer than the idle time is a new session: its replies
+    are numbered from 0 again, or a foreign sender reads forward loss of -(previous run) / (this run)."""
+    client = RawClient()
+    try:
+        with reflector_thread(ReflectorOptions(session_idle_seconds=0.3)) as (port, reflector):
+            first = [client.ask(port, build_sender_packet(seq, 1)) for seq in range(2)]
+            time.sleep(0.6)
+            again = [client.ask(port, build_sender_packet(seq, 1)) for seq in range(2)]
+            numbers = [parse_reflector_packet(r).seq for r in first + again if r is not None]  # type: ignore[union-attr]
+            assert numbers == [0, 1, 0, 1]
+            assert reflector.sessions_created == 2 and reflector.sessions_expired == 1
+            assert reflector.sessions_active == 1
+    finally:
+        client.close()
+
+
+def test_idle_sessions_leave_the_count_without_new_traffic() -> None:
+    """sessions_active (logged, and read by whoever watches the reflector) counts only sessions within the idle
+    time, even when no packet arrives to sweep the table."""
+    clients = [RawClient() for _ in range(3)]
+    try:
+        with reflector_thread(ReflectorOptions(session_idle_seconds=0.2)) as (port, reflector):
+            for c in clients:
+                assert c.ask(port, build_sender_packet(0, 1)) is not None
+            assert reflector.counters()["sessions_active"] == 3
+            time.sleep(0.4)
+            assert reflector.counters()["sessions_active"] == 0 and reflector.sessions() == []
+            assert reflector.sessions_expired == 3
+    finally:
+        for c in clients:
+            c.close()
+
+
 def fake_reflector(port_box: dict[str, int], stop: threading.Event, *, short: bool, spoof: bool, dup: bool) -> None:
     """A deliberately bad reflector: junk, spoofed and duplicated replies around each real one, and TWAMP-light
     41-octet replies. Bounded: stops after 10 s or when told."""
