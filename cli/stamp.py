@@ -77,6 +77,13 @@ def _print_table(result: StampResult, settings: StampSettings, label: str) -> No
     }
     notes += [f"{k} {v}" for k, v in extras.items() if v]
     console.print(", ".join(notes))
+    if result.short_replies:
+        console.print(
+            f"{result.short_replies} replies in the short TWAMP-light form (38 octets, no Sender TTL): "
+            "forward hops unknown"
+        )
+    elif result.received and fwd.hops is None:
+        console.print("the reflector reported no Sender TTL: forward hops unknown")
     if result.received == 0:
         hint = " (ICMP errors: nothing is listening on that port?)" if result.icmp_errors else ""
         console.print(f"[bold red]no replies[/] from {result.target}:{result.port}{hint}")

@@ -20,7 +20,10 @@ when the packet enters the stack: delay added by netfilter or NFQUEUE on the rec
 Limits: over a few seconds the clocks' frequency difference (tens of ppm) adds a slope of tens of microseconds to
 the one-way series; PDV includes it, jitter and IPDV barely notice. The loss split assumes a stateful reflector
 that starts a new count for a new (address, port) session, as RFC 8762 §4.2.2 and probes/reflector.py do; against
-a stateless reflector (which copies the sender's sequence number) all loss looks backward.
+a stateless reflector (which copies the sender's sequence number) all loss looks backward. A reply in the short
+TWAMP-light form (38 octets, without Sender TTL, as some responders send) counts like any other, with the forward
+hop count unknown (`short_replies` says how many came so); a reply may be larger than our packet (its padding is the
+reflector's choice) up to what a UDP datagram holds.
 
 No Prometheus, no inventory here: `probe(target, settings)` measures and returns plain numbers in SI units.
 """
@@ -47,6 +50,10 @@ MIN_PACKET_BYTES = 44  # RFC 8762 §4.2: unauthenticated packets, both direction
 MAX_PACKET_BYTES = 9000  # a jumbo frame's worth; video packets are ~1200
 TWAMP_MIN_SENDER_BYTES = 14  # RFC 5357 §4.1.2: Seq, Timestamp, Error Estimate; the padding may be empty
 TWAMP_MIN_REFLECTOR_BYTES = 41  # RFC 5357 §4.2.1: up to and including Sender TTL
+# Some TWAMP-light responders stop after Sender Error Estimate (no trailing MBZ, no Sender TTL): everything we need
+# but the forward TTL is there, so such a reply counts, with the forward hop count unknown.
+SHORT_REFLECTOR_BYTES = 38
+MAX_DATAGRAM_BYTES = 65536  # read buffer: a reflector pads its reply as it likes, up to what UDP carries
 MAX_TTL = 255  # both ends send with TTL 255, so 255 - received TTL = hops
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
@@ -81,6 +88,8 @@ SSID_FIELD = struct.Struct("!H")  # octets 14-15: MBZ in RFC 8762, the SSID of R
 # Seq, Timestamp, Error Estimate, SSID/MBZ, Receive Timestamp, Sender Seq, Sender Timestamp,
 # Sender Error Estimate, MBZ, Sender TTL (+ 3 MBZ octets in STAMP; TWAMP-light may stop here)
 REFLECTOR_HEADER = struct.Struct("!IQHHQIQHHB")
+SHORT_REFLECTOR_HEADER = struct.Struct("!IQHHQIQH")  # the same up to Sender Error Estimate: 38 octets
+_SENDER_TTL_OFFSET = 40
 _TIMESPEC = struct.Struct("qq")
 _EXTENDED_ERR = struct.Struct("IBBBBII")  # struct sock_extended_err
 _INT = struct.Struct("i")
@@ -156,7 +165,7 @@ class ReflectorPacket:
     sender_seq: int
     sender_timestamp: int  # T1 as the sender wrote it
     sender_error_estimate: int
-    sender_ttl: int
+    sender_ttl: int | None  # None: a short reply without the field (0: the reflector could not read it)
     length: int
 
     @property
@@ -225,11 +234,12 @@ def set_reflector_timestamp(buf: bytearray, timestamp: int) -> None:
 
 
 def parse_reflector_packet(data: bytes | bytearray | memoryview) -> ReflectorPacket | None:
-    """Parse a reply; None when shorter than a TWAMP-light reply (41 octets). Never raises."""
-    if len(data) < TWAMP_MIN_REFLECTOR_BYTES:
+    """Parse a reply; None when shorter than the short TWAMP-light form (38 octets, no Sender TTL). Never raises."""
+    if len(data) < SHORT_REFLECTOR_BYTES:
         return None
-    f = REFLECTOR_HEADER.unpack_from(data, 0)
-    return ReflectorPacket(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[9], len(data))
+    f = SHORT_REFLECTOR_HEADER.unpack_from(data, 0)
+    ttl = data[_SENDER_TTL_OFFSET] if len(data) >= TWAMP_MIN_REFLECTOR_BYTES else None
+    return ReflectorPacket(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], ttl, len(data))
 
 
 # ------------------------------------------------------------------------------------------------ sockets
@@ -383,6 +393,7 @@ class StampResult:
     duplicates: int = 0
     reordered: int = 0  # replies that arrived after one for a later packet
     malformed: int = 0  # datagrams too short or truncated, ignored
+    short_replies: int = 0  # replies in the 38-octet TWAMP-light form: no Sender TTL, so forward hops unknown
     foreign: int = 0  # well-formed replies to packets we did not send (unknown seq, wrong echoed timestamp)
     icmp_errors: int = 0  # e.g. port unreachable: nothing listening
     send_errors: int = 0
@@ -410,6 +421,7 @@ class StampResult:
             "duplicates": self.duplicates,
             "reordered": self.reordered,
             "malformed": self.malformed,
+            "short_replies": self.short_replies,
             "foreign": self.foreign,
             "icmp_errors": self.icmp_errors,
             "send_errors": self.send_errors,
@@ -431,7 +443,7 @@ class Reply:
     t2: int  # reflector, arriving
     t3: int  # reflector, leaving
     t4: int  # sender, arriving
-    sender_ttl: int  # TTL the reflector saw on our packet (0 = not reported)
+    sender_ttl: int | None  # TTL the reflector saw on our packet (None or 0 = not reported)
     ttl: int | None  # TTL we saw on the reply
     tos: int | None
 
@@ -567,10 +579,11 @@ class _Sender:
         self.arrival: list[int] = []
         self.sent_ok = 0
         self.duplicates = self.malformed = self.foreign = self.icmp_errors = self.send_errors = 0
+        self.short_replies = 0
         self.user_rx = 0
         self.done_sending = False
         self.all_in = asyncio.Event()
-        self.rx_bufsize = settings.packet_bytes + 512
+        self.rx_bufsize = MAX_DATAGRAM_BYTES  # not our packet size: the reply's padding is the reflector's choice
 
     # -- sending
     def send(self, seq: int) -> None:
@@ -629,6 +642,8 @@ class _Sender:
             return
         self.replies[seq] = (pkt, meta, t4)
         self.arrival.append(seq)
+        if pkt.sender_ttl is None:
+            self.short_replies += 1
 
     def _drain_errqueue(self) -> None:
         for _ in range(self.RX_BATCH):
@@ -681,6 +696,7 @@ class _Sender:
             send_times,
             duplicates=self.duplicates,
             malformed=self.malformed,
+            short_replies=self.short_replies,
             foreign=self.foreign,
             icmp_errors=self.icmp_errors,
             send_errors=self.send_errors,

@@ -138,7 +138,10 @@ def test_twamp_light_packets_parse() -> None:
     # RFC 5357 reflector packet stops at Sender TTL (41 octets) when there is no padding.
     r = parse_reflector_packet(struct.pack("!IQHHQIQHHB", 1, 2, 3, 0, 4, 5, 6, 7, 0, 64))
     assert r is not None and r.sender_ttl == 64 and r.length == 41
-    assert parse_reflector_packet(b"\0" * 40) is None
+    # Some TWAMP-light responders stop after Sender Error Estimate (38 octets): a reply, with no Sender TTL.
+    short = parse_reflector_packet(struct.pack("!IQHHQIQH", 1, 2, 3, 0, 4, 5, 6, 7))
+    assert short is not None and short.sender_seq == 5 and short.sender_timestamp == 6 and short.sender_ttl is None
+    assert parse_reflector_packet(b"\0" * 37) is None
 
 
 def test_settings_validation() -> None:
@@ -537,7 +540,7 @@ def fake_reflector(port_box: dict[str, int], stop: threading.Event, *, short: bo
             real = build_reflector_packet(p, seq=seq, receive_timestamp=t, timestamp=t)
             if short:
                 s.sendto(b"\0" * 20, addr)
-                s.sendto(bytes(real[:40]), addr)  # one octet short of a TWAMP-light reply
+                s.sendto(bytes(real[:37]), addr)  # one octet short of the shortest TWAMP-light reply
             if spoof:
                 bogus = bytearray(real)
                 struct.pack_into("!Q", bogus, 28, p.timestamp ^ 1)  # echo a timestamp we never sent
@@ -565,7 +568,7 @@ def test_sender_ignores_malformed_foreign_and_duplicate_replies() -> None:
         stop.set()
         t.join(5)
     assert result.sent == 40 and result.received == 40 and result.loss_ratio == 0
-    assert result.malformed == 80  # 20-octet junk and 40-octet truncated replies
+    assert result.malformed == 80  # 20-octet junk and 37-octet truncated replies
     assert result.foreign == 40  # echoed timestamps we never sent
     assert result.duplicates == 40
     assert result.forward.hops is None  # a reflector that does not report TTL

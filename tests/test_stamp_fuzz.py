@@ -56,7 +56,9 @@ def test_sender_parser_never_raises(data: bytes) -> None:
 @given(st.binary(max_size=2048))
 def test_reflector_parser_never_raises(data: bytes) -> None:
     p = parse_reflector_packet(data)
-    assert (p is None) == (len(data) < 41)
+    assert (p is None) == (len(data) < 38)
+    if p is not None:
+        assert (p.sender_ttl is None) == (len(data) < 41)
     if p is not None:
         p.t2_ns, p.t3_ns  # any 64-bit value decodes, in either timestamp format  # noqa: B018
 
@@ -67,9 +69,10 @@ def test_truncations_of_a_real_reply(tail: bytes, cut: int) -> None:
     assert sender is not None
     reply = bytes(build_reflector_packet(sender, seq=1, receive_timestamp=2, timestamp=3))
     p = parse_reflector_packet(reply[:cut])
-    assert (p is None) == (min(cut, len(reply)) < 41)
+    assert (p is None) == (min(cut, len(reply)) < 38)
     if p is not None:
         assert p.sender_seq == sender.seq and p.sender_timestamp == sender.timestamp
+        assert p.sender_ttl == (None if cut < 41 else 0)
 
 
 @given(ancillary)
