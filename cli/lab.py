@@ -28,8 +28,21 @@ def register(app: typer.Typer) -> None:
     def up_cmd(
         inventory: Annotated[Path | None, typer.Option(help="Inventory to simulate.")] = None,
         no_services: Annotated[bool, typer.Option("--no-services", help="Skip snmpd and iperf3.")] = False,
+        uncapped: Annotated[
+            bool, typer.Option("--uncapped", help="Leave links at line rate instead of their contracted rates.")
+        ] = False,
+        buffer_ms: Annotated[
+            float, typer.Option(help="Queue of each cap toward the villages, ms at its rate (a router's: 20-50).")
+        ] = 30.0,
+        up_buffer_ms: Annotated[
+            float, typer.Option(help="Queue of each cap toward the NOC, ms (a cheap CPE's bloat: 200-600).")
+        ] = 30.0,
     ) -> None:
-        """Build the lab: a NOC, a core, one namespace per kecamatan and per village, with their agents."""
+        """Build the lab: a NOC, a core, one namespace per kecamatan and per village, with their agents.
+
+        Each village link is capped at its contracted rates and each kecamatan uplink at its uplink_mbit,
+        with a tail-drop queue of --buffer-ms / --up-buffer-ms, so a saturated link queues and drops as in the
+        field."""
         from desanet.lab.lab import LabError, up
 
         try:
@@ -37,6 +50,9 @@ def register(app: typer.Typer) -> None:
                 inventory or default_inventory_path(),
                 services=not no_services,
                 progress=lambda m: typer.echo(f"lab: {m}", err=True),
+                uncapped=uncapped,
+                buffer_ms=buffer_ms,
+                up_buffer_ms=up_buffer_ms,
             )
         except (LabError, InventoryError) as exc:
             _fail(str(exc))
@@ -55,6 +71,7 @@ def register(app: typer.Typer) -> None:
     @lab_app.command("status")
     def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
         """Is the lab up, and what is impaired? Exit 0 when up and healthy, 1 otherwise."""
+        from desanet.lab.lab import shaping_words as _shaping_words
         from desanet.lab.lab import status
 
         st = status()
@@ -67,6 +84,7 @@ def register(app: typer.Typer) -> None:
                 f"lab {st['prefix']}: {'up' if st['up'] else 'DEGRADED'}, {st['villages']} villages in "
                 f"{st['kecamatan']} kecamatan, {st['processes']} processes, built in {st['up_seconds']} s"
             )
+            typer.echo(f"  links: {_shaping_words(st['shaping'])}")
             for name in st["dead_processes"]:
                 typer.echo(f"  dead: {name}")
             for key, imp in st["impaired"].items():
@@ -80,13 +98,19 @@ def register(app: typer.Typer) -> None:
         delay: Annotated[float | None, typer.Option(help="Delay toward the village, ms.")] = None,
         jitter: Annotated[float | None, typer.Option(help="Jitter toward the village, ms (uniform ±).")] = None,
         loss: Annotated[float | None, typer.Option(help="Loss toward the village, %.")] = None,
-        rate: Annotated[float | None, typer.Option(help="Rate cap toward the village, Mbit/s.")] = None,
+        rate: Annotated[
+            float | None, typer.Option(help="Rate cap toward the village, Mbit/s (overrides the contract).")
+        ] = None,
         up_delay: Annotated[float | None, typer.Option(help="Delay toward the NOC, ms.")] = None,
         up_jitter: Annotated[float | None, typer.Option(help="Jitter toward the NOC, ms.")] = None,
         up_loss: Annotated[float | None, typer.Option(help="Loss toward the NOC, %.")] = None,
         up_rate: Annotated[float | None, typer.Option(help="Rate cap toward the NOC, Mbit/s.")] = None,
+        buffer_ms: Annotated[float | None, typer.Option(help="Queue of the cap toward the village, ms.")] = None,
+        up_buffer_ms: Annotated[float | None, typer.Option(help="Queue of the cap toward the NOC, ms.")] = None,
         down: Annotated[bool, typer.Option("--down", help="Blackhole it: nothing passes either way.")] = False,
-        restore: Annotated[bool, typer.Option("--restore", help="Remove every impairment first.")] = False,
+        restore: Annotated[
+            bool, typer.Option("--restore", help="Remove every impairment first (back to the contracted caps).")
+        ] = False,
         optical_rx_dbm: Annotated[float | None, typer.Option(help="Optical rx power the router reports, dBm.")] = None,
         optical_tx_dbm: Annotated[float | None, typer.Option(help="Optical tx power the router reports, dBm.")] = None,
     ) -> None:
@@ -102,8 +126,14 @@ def register(app: typer.Typer) -> None:
             cur = impair(
                 village,
                 kecamatan,
-                {"delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss, "rate_mbit": rate},
-                {"delay_ms": up_delay, "jitter_ms": up_jitter, "loss_pct": up_loss, "rate_mbit": up_rate},
+                {"delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss, "rate_mbit": rate, "buffer_ms": buffer_ms},
+                {
+                    "delay_ms": up_delay,
+                    "jitter_ms": up_jitter,
+                    "loss_pct": up_loss,
+                    "rate_mbit": up_rate,
+                    "buffer_ms": up_buffer_ms,
+                },
                 blackhole=down,
                 restore=restore,
                 optical=optical or None,
@@ -178,6 +208,8 @@ def _describe(imp: dict[str, Any]) -> str:
             bits.append(f"loss {x['loss_pct']:g} %")
         if x.get("rate_mbit") is not None:
             bits.append(f"rate {x['rate_mbit']:g} Mbit/s")
+        if x.get("buffer_ms") is not None:
+            bits.append(f"buffer {x['buffer_ms']:g} ms")
         if bits:
             parts.append(f"{label}: {', '.join(bits)}")
     return "; ".join(parts) or "clean"

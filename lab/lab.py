@@ -11,13 +11,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,18 @@ NEEDED = {
     "snmpd": "snmpd",
     "iperf3": "iperf3",
 }
-DIRECTION_KEYS = ("delay_ms", "jitter_ms", "loss_pct", "rate_mbit")
+DIRECTION_KEYS = (
+    "delay_ms",
+    "jitter_ms",
+    "loss_pct",
+    "rate_mbit",
+    "buffer_ms",
+)
+# A shaper's queue in milliseconds at its rate when nothing else is said: about one round trip of the flows
+# it carries (the classic rule, Villamizar & Song 1994), here from a kantor desa to the video services in
+# Jakarta; docs/lab.md "Caps and buffers" argues it and the bloated figures to try with --up-buffer-ms.
+DEFAULT_BUFFER_MS = 30.0
+FRAME_BYTES = 1514  # the largest Ethernet frame tbf counts (1500 MTU + 14-byte header)
 
 
 class LabError(Exception):
@@ -192,16 +204,40 @@ def inventory_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def up(inventory_path: Path, *, services: bool = True, progress: Any = None) -> dict[str, Any]:
-    """Build the lab for an inventory. Idempotent: the same inventory already up is left as it is."""
+def up(
+    inventory_path: Path,
+    *,
+    services: bool = True,
+    progress: Any = None,
+    uncapped: bool = False,
+    buffer_ms: float = DEFAULT_BUFFER_MS,
+    up_buffer_ms: float = DEFAULT_BUFFER_MS,
+) -> dict[str, Any]:
+    """Build the lab for an inventory. Idempotent: the same inventory already up is left as it is (only its
+    caps and buffers are re-applied if they were asked differently).
+
+    Every village link is capped at its contracted rates and every kecamatan uplink at its uplink_mbit, each
+    direction with a queue of buffer_ms (toward the villages) or up_buffer_ms (toward the NOC), unless
+    `uncapped`, which leaves the veths at line rate as before caps existed.
+    """
     preflight()
+    for name, value in (("--buffer-ms", buffer_ms), ("--up-buffer-ms", up_buffer_ms)):
+        if not 0 < value <= 10_000:
+            raise LabError(f"{name} must be more than 0 and at most 10000 ms, not {value:g}")
     say = progress or (lambda msg: None)
     inv = load_inventory(inventory_path)
     lp = plan(inv)
+    shaping = {"uncapped": uncapped, "buffer_ms": float(buffer_ms), "up_buffer_ms": float(up_buffer_ms)}
     existing = load_state(lp.prefix)
     digest = inventory_hash(inventory_path)
     if existing is not None:
         if existing.get("inventory_hash") == digest and existing.get("complete") and _healthy(existing):
+            if existing.get("shaping") != shaping:
+                existing["shaping"] = shaping
+                save_state(existing)
+                _shape_all(existing, plan_from_state(existing))
+                say(f"lab already up with this inventory; links now {shaping_words(shaping)}")
+                return existing
             say("lab already up with this inventory")
             return existing
         say("replacing the lab that is up")
@@ -220,6 +256,7 @@ def up(inventory_path: Path, *, services: bool = True, progress: Any = None) -> 
         "impairments": {},
         "emulate": {},
         "optical": {},
+        "shaping": shaping,
         "pids": {},
         "complete": False,
         "created": time.time(),
@@ -293,6 +330,8 @@ def up(inventory_path: Path, *, services: bool = True, progress: Any = None) -> 
                 f"route add default via {v.kecamatan.kec_addr} dev up0",
             ],
         )
+    say(f"links {shaping_words(shaping)}")
+    _shape_all(state, lp, fresh=True)
 
     say("installing the impairment hooks")
     for ns in [lp.core_ns, *(k.ns for k in lp.kecamatan)]:
@@ -492,9 +531,11 @@ def _validate(cur: dict[str, Any]) -> None:
             raise LabError("loss must be between 0 and 100 %")
         if d["jitter_ms"] is not None and d["jitter_ms"] > (d["delay_ms"] or 0):
             raise LabError("jitter larger than the delay would need negative delays: raise --delay")
-        for k in ("delay_ms", "jitter_ms", "rate_mbit"):
-            if d[k] is not None and d[k] < 0:
+        for k in ("delay_ms", "jitter_ms", "rate_mbit", "buffer_ms"):
+            if d.get(k) is not None and d[k] < 0:
                 raise LabError(f"{k} cannot be negative")
+        if d.get("buffer_ms") is not None and d["buffer_ms"] > 10_000:
+            raise LabError("a buffer of more than 10 s is not a router's: give --buffer-ms in milliseconds")
 
 
 def _refresh_emulation(state: dict[str, Any]) -> None:
@@ -519,12 +560,7 @@ def request_reload(state: dict[str, Any]) -> None:
 def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
     """Rewrite each namespace's impairment rules from the state: simple, idempotent, atomic per namespace."""
     imp = state["impairments"]
-    # (ns, interface toward the far end, namespace and interface of the upward egress, key)
-    links: list[tuple[str, str, str, str, str]] = []
-    for v in lp.villages:
-        links.append((v.kecamatan.ns, v.kec_if, v.ns, "up0", f"v:{v.slug}"))
-    for k in lp.kecamatan:
-        links.append((lp.core_ns, k.core_if, k.ns, k.up_if, f"k:{k.name}"))
+    links = [(ln.down_ns, ln.down_if, ln.up_ns, ln.up_if, ln.key) for ln in _links(lp)]
     nft: dict[str, list[str]] = {}
     ipt: dict[str, list[str]] = {}
     queue_of = {q["key"]: q["queue"] for q in state["queues"]}
@@ -549,8 +585,8 @@ def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
                 )
             if d["delay_ms"] or d["jitter_ms"] or d["loss_pct"]:
                 ipt[ns].append(f"-A DESANET {match} -j NFQUEUE --queue-num {queue_of[dkey]}")
-        _set_rate(ns, ifname, cur["down"]["rate_mbit"])
-        _set_rate(up_ns, up_if, cur["up"]["rate_mbit"])
+        _set_rate(ns, ifname, *_shape(state, lp, key, "down"))
+        _set_rate(up_ns, up_if, *_shape(state, lp, key, "up"))
     for ns, rules in nft.items():
         script = "flush chain inet desanet impair\n" + "".join(f"add rule inet desanet impair {r}\n" for r in rules)
         _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script)
@@ -561,31 +597,121 @@ def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
         )
 
 
-def _set_rate(ns: str, ifname: str, rate_mbit: float | None) -> None:
+@dataclass(frozen=True)
+class Link:
+    """One link of the lab: where each direction leaves (its egress interface holds the cap) and its contract."""
+
+    key: str  # v:<slug> or k:<kecamatan>
+    down_ns: str  # the namespace and interface that send toward the village (or kecamatan)
+    down_if: str
+    up_ns: str  # ... and toward the NOC
+    up_if: str
+    down_mbit: float | None  # contracted (village) or uplink_mbit (kecamatan); None: not known
+    up_mbit: float | None
+
+
+def _links(lp: LabPlan) -> list[Link]:
+    out = [Link(f"v:{v.slug}", v.kecamatan.ns, v.kec_if, v.ns, "up0", v.down_mbit, v.up_mbit) for v in lp.villages]
+    out += [
+        Link(f"k:{k.name}", lp.core_ns, k.core_if, k.ns, k.up_if, k.uplink_mbit, k.uplink_mbit) for k in lp.kecamatan
+    ]
+    return out
+
+
+def shape_for(
+    shaping: dict[str, Any] | None, contract_mbit: float | None, override: dict[str, Any] | None, direction: str
+) -> tuple[float | None, float]:
+    """(cap in Mbit/s or None for line rate, queue in ms) in force for one direction of one link.
+
+    An `impair --rate` wins over the contract; without one the contract holds unless the lab is uncapped. A
+    state from before caps existed has no `shaping` and was uncapped.
+    """
+    shaping = shaping or {"uncapped": True}
+    override = override or {}
+    rate = override.get("rate_mbit") or (None if shaping.get("uncapped") else contract_mbit)
+    default = shaping.get("buffer_ms" if direction == "down" else "up_buffer_ms") or DEFAULT_BUFFER_MS
+    return rate, float(override.get("buffer_ms") or default)
+
+
+def _shape(state: dict[str, Any], lp: LabPlan, key: str, direction: str) -> tuple[float | None, float]:
+    link = next(ln for ln in _links(lp) if ln.key == key)
+    contract = link.down_mbit if direction == "down" else link.up_mbit
+    cur = state["impairments"].get(key) or {}
+    return shape_for(state.get("shaping"), contract, cur.get(direction), direction)
+
+
+def tbf_args(rate_mbit: float, buffer_ms: float) -> list[str]:
+    """tc arguments for a cap: tbf at the rate, a bucket of 4 ms, and a tail-drop queue of buffer_ms.
+
+    tbf counts whole frames; a bucket of 4 ms (at least ten full frames) keeps TCP at the cap. `limit` is the
+    bytes tbf queues waiting for tokens (its child bfifo), so a saturated link delays a packet by about
+    limit / rate = buffer_ms and drops what does not fit, as a router's shaper does; it is at least two full
+    frames, or a slow link with a short buffer could not hold one packet.
+    """
+    rate_bytes = rate_mbit * 1e6 / 8
+    burst = max(int(rate_bytes * 0.004), 10 * FRAME_BYTES)
+    limit = max(round(rate_bytes * buffer_ms / 1e3), 2 * FRAME_BYTES)
+    return ["tbf", "rate", f"{round(rate_mbit * 1e6)}bit", "burst", str(burst), "limit", str(limit)]
+
+
+def _set_rate(ns: str, ifname: str, rate_mbit: float | None, buffer_ms: float = DEFAULT_BUFFER_MS) -> None:
     if rate_mbit:
-        # tbf counts whole frames; a burst of 4 ms (at least ten full frames) keeps TCP at the cap.
-        burst = max(int(rate_mbit * 1e6 / 8 * 0.004), 15140)
-        _run(
-            [
-                "tc",
-                "-n",
-                ns,
-                "qdisc",
-                "replace",
-                "dev",
-                ifname,
-                "root",
-                "tbf",
-                "rate",
-                f"{rate_mbit}mbit",
-                "burst",
-                str(burst),
-                "latency",
-                "50ms",
-            ]
-        )
+        _run(["tc", "-n", ns, "qdisc", "replace", "dev", ifname, "root", *tbf_args(rate_mbit, buffer_ms)])
     else:
         _run(["tc", "-n", ns, "qdisc", "del", "dev", ifname, "root"], check=False)
+
+
+def _shape_all(state: dict[str, Any], lp: LabPlan, *, fresh: bool = False) -> None:
+    """Put every link's cap and buffer in place: one `tc -batch` per namespace, a few namespaces at a time.
+
+    `fresh`: the links were just made and have no root qdisc, so an uncapped one needs no `del`.
+    """
+    lines: dict[str, list[str]] = {}
+    for ln in _links(lp):
+        for direction, ns, ifname in (("down", ln.down_ns, ln.down_if), ("up", ln.up_ns, ln.up_if)):
+            rate, buffer_ms = _shape(state, lp, ln.key, direction)
+            if rate:
+                tbf = " ".join(tbf_args(rate, buffer_ms))
+                lines.setdefault(ns, []).append(f"qdisc replace dev {ifname} root {tbf}")
+            elif not fresh:
+                lines.setdefault(ns, []).append(f"qdisc del dev {ifname} root")
+    running: list[tuple[str, subprocess.Popen[str]]] = []
+
+    def reap(limit: int) -> None:
+        while len(running) > limit:
+            ns, proc = running.pop(0)
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+            proc.wait()
+            # -force goes on past a failed line and names it ("Command failed -:N"); only a failed `del` (an
+            # uncapped link that had no cap) is expected.
+            failed = [int(m) for m in re.findall(r"Command failed -:(\d+)", err)]
+            if any(not lines[ns][n - 1].startswith("qdisc del") for n in failed) or (proc.returncode and not failed):
+                raise LabError(f"tc in {ns} failed: {err.strip()}")
+
+    for ns, ls in lines.items():
+        proc = subprocess.Popen(
+            ["tc", "-force", "-n", ns, "-batch", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write("\n".join(ls) + "\n")
+        proc.stdin.close()
+        running.append((ns, proc))
+        reap(8)
+    reap(0)
+
+
+def shaping_words(shaping: dict[str, Any]) -> str:
+    if shaping.get("uncapped"):
+        return "uncapped (line rate; `impair --rate` still caps one)"
+    return (
+        f"capped at their contracted rates, queues of {shaping['buffer_ms']:g} ms toward the villages and "
+        f"{shaping['up_buffer_ms']:g} ms toward the NOC"
+    )
 
 
 def _apply_optical(state: dict[str, Any], slug: str, values: dict[str, Any]) -> None:
@@ -659,6 +785,7 @@ def status(prefix: str | None = None) -> dict[str, Any]:
         },
         "up_seconds": state.get("up_seconds"),
         "noc_namespace": state["plan"]["noc_ns"],
+        "shaping": state.get("shaping", {"uncapped": True}),
     }
 
 

@@ -54,6 +54,9 @@ class VillagePlan:
     ns: str
     kec_if: str  # in the kecamatan ns, toward the village
     router: str
+    # The contracted rates the lab caps this link at (None in a state written before caps existed).
+    down_mbit: float | None = None
+    up_mbit: float | None = None
 
     @property
     def down_queue(self) -> int:
@@ -107,7 +110,16 @@ def plan(inv: Inventory, prefix: str | None = None) -> LabPlan:
             uplink_mbit=kec.uplink_mbit,
         )
     villages = tuple(
-        VillagePlan(index=i, slug=v.slug, kecamatan=kecs[v.kecamatan], ns=f"{p}-v{i}", kec_if=f"v{i}", router=v.address)
+        VillagePlan(
+            index=i,
+            slug=v.slug,
+            kecamatan=kecs[v.kecamatan],
+            ns=f"{p}-v{i}",
+            kec_if=f"v{i}",
+            router=v.address,
+            down_mbit=v.contracted.down_mbit,
+            up_mbit=v.contracted.up_mbit,
+        )
         for i, v in enumerate(inv.villages, 1)
     )
     if len(villages) > 30000:
