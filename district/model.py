@@ -1,11 +1,9 @@
 """The district inventory's schema: kecamatan, villages, routers, profiles, sessions and probe settings.
 
-Operators edit inventory.yaml by hand, so a mistake must come back as `FILE:LINE:COL: message` for *every*
-problem at once, not one at a time. Pydantic checks each item's fields; the cross-checks (duplicate slugs,
-unknown kecamatan or profile, overlapping sessions) run here over whatever items validated, and each carries
-the YAML path it is about so it gets a line number too. Messages are written for the operator: they name the
-key in YAML terms (`villages[3].router`), say what was found and what is wanted, suggest the nearest known
-name for a typo, and never repeat a secret.
+Pydantic models, frozen and strict about unknown keys, so a typo in a key is an error and not a silent
+default. Each field's description is what `desanet inventory schema` gives editors. Field checks raise
+ValueError with words for the operator; district/load.py places them at FILE:LINE:COL and adds the
+cross-checks (duplicate slugs, unknown kecamatan or profile, overlapping sessions).
 """
 
 from __future__ import annotations
