@@ -79,8 +79,7 @@ def _print_table(result: StampResult, settings: StampSettings, label: str) -> No
     console.print(", ".join(notes))
     if result.short_replies:
         console.print(
-            f"{result.short_replies} replies in the short TWAMP-light form (38 octets, no Sender TTL): "
-            "forward hops unknown"
+            f"{result.short_replies} replies in the short TWAMP-light form (no Sender TTL): forward hops unknown"
         )
     elif result.received and fwd.hops is None:
         console.print("the reflector reported no Sender TTL: forward hops unknown")

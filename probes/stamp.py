@@ -21,9 +21,9 @@ Limits: over a few seconds the clocks' frequency difference (tens of ppm) adds a
 the one-way series; PDV includes it, jitter and IPDV barely notice. The loss split assumes a stateful reflector
 that starts a new count for a new (address, port) session, as RFC 8762 §4.2.2 and probes/reflector.py do; against
 a stateless reflector (which copies the sender's sequence number) all loss looks backward. A reply in the short
-TWAMP-light form (38 octets, without Sender TTL, as some responders send) counts like any other, with the forward
-hop count unknown (`short_replies` says how many came so); a reply may be larger than our packet (its padding is the
-reflector's choice) up to what a UDP datagram holds.
+TWAMP-light form (38 octets and padding, without MBZ and Sender TTL, as some responders send) counts like any
+other, with the forward hop count unknown (`short_replies` says how many came so); a reply may be larger than our
+packet (its padding is the reflector's choice) up to what a UDP datagram holds.
 
 No Prometheus, no inventory here: `probe(target, settings)` measures and returns plain numbers in SI units.
 """
@@ -89,6 +89,7 @@ SSID_FIELD = struct.Struct("!H")  # octets 14-15: MBZ in RFC 8762, the SSID of R
 # Sender Error Estimate, MBZ, Sender TTL (+ 3 MBZ octets in STAMP; TWAMP-light may stop here)
 REFLECTOR_HEADER = struct.Struct("!IQHHQIQHHB")
 SHORT_REFLECTOR_HEADER = struct.Struct("!IQHHQIQH")  # the same up to Sender Error Estimate: 38 octets
+_MBZ_BEFORE_TTL = slice(38, 40)
 _SENDER_TTL_OFFSET = 40
 _TIMESPEC = struct.Struct("qq")
 _EXTENDED_ERR = struct.Struct("IBBBBII")  # struct sock_extended_err
@@ -234,11 +235,16 @@ def set_reflector_timestamp(buf: bytearray, timestamp: int) -> None:
 
 
 def parse_reflector_packet(data: bytes | bytearray | memoryview) -> ReflectorPacket | None:
-    """Parse a reply; None when shorter than the short TWAMP-light form (38 octets, no Sender TTL). Never raises."""
+    """Parse a reply; None when shorter than the short TWAMP-light form (38 octets). Never raises.
+
+    Sender TTL is None when the reply is in the short form: under 41 octets, or with octets 38-39 (MBZ before Sender
+    TTL) not zero, which is a short-form reply's padding (RFC 4656 §4.1.2 wants it pseudo-random); reading octet 40
+    of such padding as a TTL would invent a hop count."""
     if len(data) < SHORT_REFLECTOR_BYTES:
         return None
     f = SHORT_REFLECTOR_HEADER.unpack_from(data, 0)
-    ttl = data[_SENDER_TTL_OFFSET] if len(data) >= TWAMP_MIN_REFLECTOR_BYTES else None
+    full = len(data) >= TWAMP_MIN_REFLECTOR_BYTES and not any(data[_MBZ_BEFORE_TTL])
+    ttl = data[_SENDER_TTL_OFFSET] if full else None
     return ReflectorPacket(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], ttl, len(data))
 
 
@@ -393,7 +399,7 @@ class StampResult:
     duplicates: int = 0
     reordered: int = 0  # replies that arrived after one for a later packet
     malformed: int = 0  # datagrams too short or truncated, ignored
-    short_replies: int = 0  # replies in the 38-octet TWAMP-light form: no Sender TTL, so forward hops unknown
+    short_replies: int = 0  # replies in the short TWAMP-light form (no Sender TTL): forward hops unknown
     foreign: int = 0  # well-formed replies to packets we did not send (unknown seq, wrong echoed timestamp)
     icmp_errors: int = 0  # e.g. port unreachable: nothing listening
     send_errors: int = 0

@@ -19,6 +19,7 @@ Every packet goes to 127.0.0.1; each peer runs for a bounded time and is stopped
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import struct
@@ -66,12 +67,22 @@ class TwampLightResponder:
     (T2), then the request's Sequence Number, Timestamp and Error Estimate as they came (its first 14 octets), then
     - full form: MBZ (2) and Sender TTL (the TTL the request arrived with), 41 octets;
     - short form: nothing more, 38 octets;
-    and `padding` zero octets whatever the request's length.
+    and `padding` octets whatever the request's length: zeros, or pseudo-random with `random_padding` (RFC 4656
+    §4.1.2, which RFC 5357 follows, says padding SHOULD be pseudo-random).
     """
 
-    def __init__(self, *, short: bool, padding: int = 0, idle_seconds: float = 30.0, lifetime: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        short: bool,
+        padding: int = 0,
+        random_padding: bool = False,
+        idle_seconds: float = 30.0,
+        lifetime: float = 30.0,
+    ) -> None:
         self.short = short
         self.padding = padding
+        self.random_padding = random_padding
         self.idle_seconds = idle_seconds
         self.lifetime = lifetime
         self.answered = 0
@@ -110,7 +121,8 @@ class TwampLightResponder:
             reply = struct.pack("!IQHHQ", number, ntp_now(), ERROR_ESTIMATE, 0, t2) + data[:14]
             if not self.short:
                 reply += struct.pack("!HB", 0, received_ttl(anc))
-            self.sock.sendto(reply + bytes(self.padding), addr)
+            pad = os.urandom(self.padding) if self.random_padding else bytes(self.padding)
+            self.sock.sendto(reply + pad, addr)
             self.answered += 1
 
 
@@ -238,6 +250,15 @@ def test_desanet_sender_reads_the_full_form_sender_ttl() -> None:
     assert result.forward.hops == 0 and result.backward.hops == 0  # TTL 255 arrived: no router in between
 
 
+def test_random_padding_after_a_short_reply_is_not_read_as_a_sender_ttl() -> None:
+    """Octet 40 of a padded short-form reply is padding: read as a Sender TTL it would make up a forward hop count.
+    Octets 38-39, MBZ in the full form, give the short form away."""
+    with TwampLightResponder(short=True, padding=30, random_padding=True) as responder:
+        result = run(probe(LOOPBACK, fast(responder.port)))
+    assert result.received == 100 and result.malformed == 0
+    assert result.forward.hops is None and result.short_replies >= 98  # 1 in 65,536 pads starts with two zeros
+
+
 @pytest.mark.parametrize("padding", [1000, 60000])
 def test_desanet_sender_takes_replies_larger_than_its_request(padding: int) -> None:
     """A responder pads its replies as it likes (RFC 5357 lets it): a 38 + 60,000-octet reply to a 44-octet
@@ -253,7 +274,7 @@ def test_cli_says_when_the_replies_carry_no_sender_ttl(tmp_path: Path) -> None:
         as_json = desanet("probe", "stamp", LOOPBACK, "--port", str(responder.port), "--duration", "0.2", "--json")
     assert table.returncode == 0, table.stderr
     said = " ".join(table.stdout.split())  # rich wraps at the terminal width
-    assert "10 replies in the short TWAMP-light form (38 octets, no Sender TTL): forward hops unknown" in said, said
+    assert "10 replies in the short TWAMP-light form (no Sender TTL): forward hops unknown" in said, said
     assert as_json.returncode == 0, as_json.stderr
     d = json.loads(as_json.stdout)
     assert d["short_replies"] == d["received"] == d["sent"] == 10 and d["forward"]["hops"] is None
