@@ -100,7 +100,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_sessions: Annotated[int, typer.Option("--max-sessions", min=1, help="Sessions remembered.")] = 65536,
         session_idle: Annotated[
-            float, typer.Option("--session-idle", min=0.1, help="Seconds before an idle session is forgotten.")
+            float,
+            typer.Option(
+                "--session-idle",
+                min=0.1,
+                help="Seconds before an idle session is forgotten; a sender back after that is numbered from 0 again.",
+            ),
         ] = 60.0,
         stats_interval: Annotated[
             float, typer.Option("--stats-interval", min=0, help="Log the counters this often, if changed (0: never).")
