@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,6 +30,34 @@ class EnvSecret(_Model):
     env: Annotated[str, Field(pattern=ENV_RE.pattern, description="Name of the environment variable.")]
 
 
+# The only variables a {file: PATH} may name: directories that systemd (and the login) hand a service. Any
+# other variable may hold a secret itself, and a path built from a secret would be opened, then quoted in an
+# error ("cannot read secret file $X (the value)"): one that reaches a log, the status page and `check --json`.
+PATH_VARIABLES = (
+    "CREDENTIALS_DIRECTORY",
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "CONFIGURATION_DIRECTORY",
+    "CACHE_DIRECTORY",
+    "LOGS_DIRECTORY",
+    "HOME",
+)
+_VAR_RE = re.compile(r"\$(?:\{([^}]*)\}|(\w+))", re.ASCII)  # what os.path.expandvars expands, exactly
+
+
+def check_file_path(path: str) -> str:
+    """Refuse a {file: PATH} naming a variable outside PATH_VARIABLES; the message names it, never its value."""
+    for m in _VAR_RE.finditer(path):
+        name = m.group(1) if m.group(1) is not None else m.group(2)
+        if name not in PATH_VARIABLES:
+            hint = f" (for a secret held in ${name}, write {{env: {name}}})" if ENV_RE.match(name) else ""
+            raise ValueError(
+                f"{{file: PATH}} may name only the directory variables {', '.join('$' + v for v in PATH_VARIABLES)}, "
+                f"not ${name}{hint}"
+            )
+    return path
+
+
 class FileSecret(_Model):
     """A secret read from a file (first line, stripped) when it is needed, e.g. a systemd credential."""
 
@@ -36,9 +65,12 @@ class FileSecret(_Model):
         str,
         Field(
             min_length=1,
-            description="Path of a file whose first line is the secret; $VARIABLES and ~ are expanded when it "
-            "is read, e.g. ${CREDENTIALS_DIRECTORY}/snmp-community.",
+            description="Path of a file whose first line is the secret; ~ and the directory variables "
+            "$CREDENTIALS_DIRECTORY, $STATE_DIRECTORY, $RUNTIME_DIRECTORY, $CONFIGURATION_DIRECTORY, "
+            "$CACHE_DIRECTORY, $LOGS_DIRECTORY and $HOME (no other) are expanded when it is read, e.g. "
+            "${CREDENTIALS_DIRECTORY}/snmp-community.",
         ),
+        AfterValidator(check_file_path),
     ]
 
 
@@ -53,6 +85,11 @@ def resolve_secret(ref: EnvSecret | FileSecret) -> str:
         if not value:
             raise SecretError(f"environment variable {ref.env} is not set (or is empty)")
         return value
+    check_file_path(ref.file)  # a FileSecret built with model_construct skips validation; never open a secret
+    unset = [n for n in _names(ref.file) if not os.environ.get(n)]
+    if unset:
+        raise SecretError(f"secret file {ref.file}: ${unset[0]} is not set")
+    # Only PATH_VARIABLES can be expanded here (directories, not secrets), so the expanded path may be shown.
     path = os.path.expanduser(os.path.expandvars(ref.file))
     where = ref.file if path == ref.file else f"{ref.file} ({path})"
     try:
@@ -63,6 +100,10 @@ def resolve_secret(ref: EnvSecret | FileSecret) -> str:
     if not value:
         raise SecretError(f"secret file {where} is empty")
     return value
+
+
+def _names(path: str) -> list[str]:
+    return [m.group(1) if m.group(1) is not None else m.group(2) for m in _VAR_RE.finditer(path)]
 
 
 def _secret_ref(value: Any) -> Any:

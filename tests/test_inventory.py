@@ -578,6 +578,30 @@ def test_resolve_file_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert str(info.value) == f"cannot read secret file {tmp_path / 'missing'}: No such file or directory"
 
 
+def test_a_file_path_naming_a_secret_variable_never_echoes_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`{file: $DESANET_SNMP_COMMUNITY}` once expanded to the community and quoted it in every error."""
+    monkeypatch.setenv("DESANET_SNMP_COMMUNITY", "rel-community")
+    with pytest.raises(ValueError) as info:
+        FileSecret(file="$DESANET_SNMP_COMMUNITY")
+    assert "rel-community" not in str(info.value) and "{env: DESANET_SNMP_COMMUNITY}" in str(info.value)
+    path = tmp_path / "inv.yaml"
+    path.write_text(MINIMAL.replace("{env: DESANET_SNMP_COMMUNITY}", "{file: \"${DESANET_SNMP_COMMUNITY}/x\"}"))
+    with pytest.raises(InventoryError) as err:
+        load_inventory(path)
+    assert "rel-community" not in str(err.value) and "not $DESANET_SNMP_COMMUNITY" in str(err.value)
+    # Built without validation, the reference is still refused when read, before any path is opened.
+    sneaky = FileSecret.model_construct(file="$DESANET_SNMP_COMMUNITY")
+    with pytest.raises(ValueError) as info:
+        resolve_secret(sneaky)
+    assert "rel-community" not in str(info.value)
+    # A directory variable that is not set is named, not opened as a literal path.
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(SecretError, match=r"\$CREDENTIALS_DIRECTORY is not set"):
+        resolve_secret(FileSecret(file="${CREDENTIALS_DIRECTORY}/snmp-community"))
+
+
 def test_secret_values_never_reach_a_repr(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DESANET_SNMP_COMMUNITY", "s3cret-community")
     (tmp_path / "auth").write_text("rahasia-auth\n", encoding="utf-8")
