@@ -345,6 +345,10 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "en": "Optics {port}: receiving {rx}, sending {tx}.",
         "id": "Optik {port}: menerima {rx}, mengirim {tx}.",
     },
+    "optics_line_no_light": {
+        "en": "Optics {port}: NO LIGHT arriving, sending {tx}.",
+        "id": "Optik {port}: TIDAK ADA CAHAYA yang masuk, mengirim {tx}.",
+    },
     "optics_weak": {"en": "(weak)", "id": "(lemah)"},
     "router_restarted": {
         "en": "The router restarted {ago} ago: a power cut or a crash?",

@@ -211,16 +211,15 @@ def router_lines(report: Report, lang: Lang) -> list[str]:
             )
         )
     for o in snmp.optics:
-        weak = o.rx_loss or (o.rx_power_dbm is not None and o.rx_power_dbm < OPTICAL_RX_WEAK_DBM)
+        where = o.name or f"optic{o.index}"
+        tx = "?" if o.tx_power_dbm is None else fmt_dbm(o.tx_power_dbm, lang)
+        if o.rx_loss:  # a dead fibre: no reading (or one at the DOM's floor); "weak" would undersell it
+            out.append(t("optics_line_no_light", lang, port=where, tx=tx))
+            continue
         rx = "?" if o.rx_power_dbm is None else fmt_dbm(o.rx_power_dbm, lang)
-        line = t(
-            "optics_line",
-            lang,
-            port=o.name or f"optic{o.index}",
-            rx=rx + (" " + t("optics_weak", lang) if weak else ""),
-            tx="?" if o.tx_power_dbm is None else fmt_dbm(o.tx_power_dbm, lang),
-        )
-        out.append(line)
+        if o.rx_power_dbm is not None and o.rx_power_dbm < OPTICAL_RX_WEAK_DBM:
+            rx += " " + t("optics_weak", lang)
+        out.append(t("optics_line", lang, port=where, rx=rx, tx=tx))
     return out
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
+    from desanet.probes.snmp import SnmpOptic as OpticRow
     from desanet.probes.snmp import SnmpResult, SnmpSettings
 
 
@@ -19,12 +20,29 @@ def _opt(value: Any, fmt: str = "{}") -> str:
 
 
 def _bits(value: float | None) -> str:
+    """A speed to four significant digits; "unknown" where the agent gave none (0 on a port without link)."""
     if value is None:
-        return "—"
+        return "unknown"
     for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
         if value >= scale:
-            return f"{value / scale:g} {unit}"
-    return f"{value:g} bit/s"
+            return f"{value / scale:.4g} {unit}"
+    return f"{value:.4g} bit/s"
+
+
+def _rx(optic: OpticRow) -> str:
+    """Receive power, or "no light" where the module receives none (an underflow or 0 mW has no dBm)."""
+    if optic.rx_power_dbm is None:
+        return "[red]no light[/]" if optic.rx_loss else "—"
+    return f"{optic.rx_power_dbm:.2f} dBm" + (" [red](no light)[/]" if optic.rx_loss else "")
+
+
+def _no_optics(result: SnmpResult) -> str:
+    if result.sensor_rows:
+        return (
+            f"no optical transceiver found: ENTITY-SENSOR-MIB has {result.sensor_rows} sensors, none of them an "
+            "optical power reading desanet recognises (the MIKROTIK-MIB optical table is empty)"
+        )
+    return "no optical transceiver reported (MIKROTIK-MIB optical table and ENTITY-SENSOR-MIB empty)"
 
 
 def _yes_no(flag: bool | None) -> str:
@@ -78,17 +96,21 @@ def _print_tables(result: SnmpResult, settings: SnmpSettings, label: str) -> Non
             _duration(i.last_change_seconds),
         )
     console.print(ifs)
+    narrow = [i.name or f"#{i.index}" for i in result.interfaces if i.octet_counter_bits == 32]
+    if narrow:
+        console.print(f"{', '.join(narrow)}: 32-bit octet counters only (no ifXTable); they wrap to 0 after 2^32 - 1")
     if not result.optics:
-        console.print("no optical transceiver reported (MIKROTIK-MIB optical table and ENTITY-SENSOR-MIB empty)")
+        console.print(_no_optics(result))
         return
+    # "#" is the port's ifIndex, as in the table above: an optical table's own row index is not one.
     opt = Table(title=f"Optics ({result.optics[0].source})", title_justify="left")
-    for name in ("#", "name", "rx", "tx", "temp", "bias", "supply", "wavelength", "rx loss", "tx fault", "vendor"):
-        opt.add_column(name, justify="left" if name in ("name", "vendor") else "right", no_wrap=True)
+    for name in ("#", "port", "rx", "tx", "temp", "bias", "supply", "wavelength", "rx loss", "tx fault", "vendor"):
+        opt.add_column(name, justify="left" if name in ("port", "vendor") else "right", no_wrap=True)
     for o in result.optics:
         opt.add_row(
-            str(o.index),
+            _opt(o.if_index),
             _opt(o.name),
-            _opt(o.rx_power_dbm, "{:.2f} dBm"),
+            _rx(o),
             _opt(o.tx_power_dbm, "{:.2f} dBm"),
             _opt(o.temperature_celsius, "{:.1f} °C"),
             _opt(None if o.bias_amperes is None else o.bias_amperes * 1e3, "{:.1f} mA"),

@@ -41,9 +41,21 @@ THROUGHPUT_LINK = F(
 )
 THROUGHPUT_TS = F("desanet_throughput_last_test_timestamp_seconds", "gauge", "When the last test ended.")
 THROUGHPUT_BYTES = F("desanet_throughput_bytes_total", "counter", "Bytes spent on throughput tests.")
-IF_RX = F("desanet_interface_received_bytes_total", "counter", "ifHCInOctets of a router interface.")
-IF_TX = F("desanet_interface_transmitted_bytes_total", "counter", "ifHCOutOctets of a router interface.")
-IF_SPEED = F("desanet_interface_speed_bytes_per_second", "gauge", "ifHighSpeed × 10⁶ / 8.")
+IF_RX = F(
+    "desanet_interface_received_bytes_total",
+    "counter",
+    "ifHCInOctets of a router interface (ifInOctets, carried past its 32-bit wraps, without ifXTable).",
+)
+IF_TX = F(
+    "desanet_interface_transmitted_bytes_total",
+    "counter",
+    "ifHCOutOctets of a router interface (ifOutOctets, carried past its 32-bit wraps, without ifXTable).",
+)
+IF_SPEED = F(
+    "desanet_interface_speed_bytes_per_second",
+    "gauge",
+    "ifHighSpeed × 10⁶ / 8 (ifSpeed / 8 without it); absent while the agent reports 0 (no link).",
+)
 IF_UP = F("desanet_interface_up", "gauge", "1 when ifOperStatus is up.")
 IF_ADMIN = F("desanet_interface_admin_up", "gauge", "1 when ifAdminStatus is up.")
 IF_ERRORS = F("desanet_interface_errors_total", "counter", "ifInErrors / ifOutErrors.")
@@ -54,12 +66,16 @@ IF_LAST_CHANGE = F(
     "Router uptime at the interface's last status change (ifLastChange).",
 )
 UPTIME = F("desanet_router_uptime_seconds", "gauge", "sysUpTime of the village router.")
-RX_POWER = F("desanet_optical_rx_power_dbm", "gauge", "Optical receive power.")
+RX_POWER = F("desanet_optical_rx_power_dbm", "gauge", "Optical receive power; absent when no light (rx_loss).")
 TX_POWER = F("desanet_optical_tx_power_dbm", "gauge", "Optical transmit power.")
 OPT_TEMP = F("desanet_optical_temperature_celsius", "gauge", "Optical module temperature.")
 OPT_BIAS = F("desanet_optical_bias_amperes", "gauge", "Laser bias current.")
 OPT_VOLT = F("desanet_optical_voltage_volts", "gauge", "Optical module supply voltage.")
-OPT_RXLOSS = F("desanet_optical_rx_loss", "gauge", "1 when the module reports loss of receive signal.")
+OPT_RXLOSS = F(
+    "desanet_optical_rx_loss",
+    "gauge",
+    "1 when the module receives no light (its loss-of-signal flag, or a reading below its range, 0 mW or -40 dBm).",
+)
 READY = F("desanet_video_ready", "gauge", "1 when the village's link is ready for this video profile.")
 VERDICT = F("desanet_video_verdict", "gauge", "1 for the current verdict (ready, at_risk, not_ready, unknown).")
 MOS = F("desanet_video_mos", "gauge", "Mean opinion score estimated by the E-model from delay, jitter and loss.")

@@ -16,6 +16,7 @@ from desanet.exporter.metrics import (
     IPDV,
     JITTER,
     LOSS,
+    OPT_RXLOSS,
     PDV,
     RTT_WINDOW,
     RX_POWER,
@@ -50,6 +51,7 @@ SPECS = [
     UPTIME,
     RX_POWER,
     TX_POWER,
+    OPT_RXLOSS,
     TRACE_HOPS,
     TRACE_HOP_RTT,
     TRACE_HOP_LOSS,
@@ -106,6 +108,7 @@ def _module_lines(b: LineBuilder, module: str, r: Any) -> None:
             ol = f'interface="{o.name or o.index}"'
             b.sample(RX_POWER, o.rx_power_dbm, ol)
             b.sample(TX_POWER, o.tx_power_dbm, ol)
+            b.sample(OPT_RXLOSS, o.rx_loss, ol)  # no light has no rx power: this says so
     elif module == "trace":
         b.sample(TRACE_HOPS, len(r.hops))
         for h in r.hops:

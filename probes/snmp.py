@@ -102,6 +102,15 @@ IF_COLUMNS: dict[str, Oid] = {
     "in_errors": _o("1.3.6.1.2.1.2.2.1.14"),  # ifInErrors
     "out_errors": _o("1.3.6.1.2.1.2.2.1.20"),  # ifOutErrors
 }
+# MIB-II's ifTable columns for what ifXTable would give: walked only when a row lacks ifName, the 64-bit
+# octet counters or ifHighSpeed (an RFC 1213 agent has no ifXTable; RFC 2863 §3.1.6 requires the 64-bit
+# counters only above 20 Mbit/s), so agents with a full ifXTable pay nothing for them.
+IF_TABLE_FALLBACK_COLUMNS: dict[str, Oid] = {
+    "descr": _o("1.3.6.1.2.1.2.2.1.2"),  # ifDescr, for ifName
+    "speed": _o("1.3.6.1.2.1.2.2.1.5"),  # ifSpeed, bit/s (Gauge32), for ifHighSpeed
+    "in_octets_32": _o("1.3.6.1.2.1.2.2.1.10"),  # ifInOctets, Counter32
+    "out_octets_32": _o("1.3.6.1.2.1.2.2.1.16"),  # ifOutOctets, Counter32
+}
 _MT = "1.3.6.1.4.1.14988.1.1.19.1.1"  # MIKROTIK-MIB mtxrOpticalEntry (anchors.md §8.1)
 MIKROTIK_OPTICAL_COLUMNS: dict[str, Oid] = {
     "name": _o(f"{_MT}.2"),  # mtxrOpticalName, DisplayString
@@ -125,8 +134,10 @@ ENTITY_SENSOR_COLUMNS: dict[str, Oid] = {
     "units": _o(f"{_ES}.6"),  # entPhySensorUnitsDisplay
 }
 ENTITY_PHYSICAL_COLUMNS: dict[str, Oid] = {
+    "descr": _o("1.3.6.1.2.1.47.1.1.1.1.2"),  # entPhysicalDescr: the label where entPhysicalName is empty
     "contained_in": _o("1.3.6.1.2.1.47.1.1.1.1.4"),  # entPhysicalContainedIn
-    "name": _o("1.3.6.1.2.1.47.1.1.1.1.7"),  # entPhysicalName
+    "class": _o("1.3.6.1.2.1.47.1.1.1.1.5"),  # entPhysicalClass, 9 module (a transceiver)
+    "name": _o("1.3.6.1.2.1.47.1.1.1.1.7"),  # entPhysicalName, may be a zero-length string (RFC 6933)
 }
 
 _Tables = dict[str, dict[Oid, dict[Oid, Any]]]  # table → column → index suffix → value
@@ -135,6 +146,7 @@ OID_NAMES: dict[str, str] = {
     ".".join(map(str, oid)): name
     for prefix, cols in (
         ("if", IF_COLUMNS),
+        ("if", IF_TABLE_FALLBACK_COLUMNS),
         ("mtxrOptical", MIKROTIK_OPTICAL_COLUMNS),
         ("entPhySensor", ENTITY_SENSOR_COLUMNS),
         ("entPhysical", ENTITY_PHYSICAL_COLUMNS),
@@ -145,6 +157,15 @@ OID_NAMES: dict[str, str] = {
 # RFC 3433 EntitySensorDataType values we read; 14 is dBm in CISCO-ENTITY-SENSOR-MIB, which some vendors
 # also use in the standard table.
 _SENSOR_VOLTS_DC, _SENSOR_AMPERES, _SENSOR_WATTS, _SENSOR_CELSIUS, _SENSOR_OTHER, _SENSOR_DBM = 4, 5, 6, 8, 1, 14
+# RFC 3433 EntitySensorValue: readings lie within ±999,999,999; -1000000000 is an underflow (for a receive
+# power sensor: less light than it can measure) and +1000000000 an overflow.
+SENSOR_UNDERFLOW, SENSOR_OVERFLOW = -1_000_000_000, 1_000_000_000
+# The least light a transceiver's DOM reads above nothing: SFF-8472 gives receive power in steps of 0.1 µW,
+# i.e. -40 dBm. At or below it (or at 0 mW, or an underflow) the module receives no light.
+NO_LIGHT_DBM = -40.0
+_ENT_CLASS_MODULE = 9  # PhysicalClass module(9): what a pluggable transceiver is in ENTITY-MIB
+_IF_SPEED_CEILING = 4_294_967_295  # ifSpeed's maximum: "use ifHighSpeed" (RFC 2863)
+_COUNTER32 = 1 << 32
 
 _FIRST_GUESS_ROWS = {"if": 4, "mikrotik": 1, "sensor": 8, "physical": 16}
 MAX_ROUNDS = 200  # GETBULK round trips per table: bounds a walk of a broken or enormous agent
@@ -243,33 +264,39 @@ def settings_from_config(
 @dataclass(frozen=True)
 class SnmpInterface:
     index: int
-    name: str | None
+    name: str | None  # ifName, else ifDescr (an agent without ifXTable)
     alias: str | None
     oper_up: bool | None
     admin_up: bool | None
-    speed_bits_per_second: float | None  # ifHighSpeed × 1e6
-    in_octets: int | None  # ifHCInOctets, a counter
+    # ifHighSpeed × 1e6, else ifSpeed. None when the agent says 0, which RFC 2863 lets mean "no notion of
+    # speed" and agents that report the operational speed send for a port without link: unknown, not 0 bit/s.
+    speed_bits_per_second: float | None
+    # ifHCInOctets; without it ifInOctets (Counter32), which the poller carries on past each 2^32 wrap it
+    # sees (see octet_counter_bits), so that both read as counters that only go back when the agent restarts.
+    in_octets: int | None
     out_octets: int | None
     in_errors: int | None
     out_errors: int | None
     in_discards: int | None
     last_change_seconds: float | None  # agent uptime at the last status change (ifLastChange / 100)
+    octet_counter_bits: int | None = None  # 64 (ifHC*Octets) or 32 (ifIn/OutOctets, wraps carried)
 
 
 @dataclass(frozen=True)
 class SnmpOptic:
-    index: int
-    name: str | None
-    rx_power_dbm: float | None
+    index: int  # the agent's own row: MIKROTIK-MIB's internal index or the ENTITY-MIB module; not an ifIndex
+    name: str | None  # the port's name when tied to one (if_index), else the agent's label for the module
+    rx_power_dbm: float | None  # None with rx_loss True: no light, below what the sensor can measure
     tx_power_dbm: float | None
     temperature_celsius: float | None
     bias_amperes: float | None
     voltage_volts: float | None
     wavelength_meters: float | None
-    rx_loss: bool | None
+    rx_loss: bool | None  # no light received: the module says so, or its reading is an underflow, 0 mW or ≤ -40 dBm
     tx_fault: bool | None
     vendor: str | None
     source: str = "mikrotik"  # or "entity-sensor"
+    if_index: int | None = None  # the IF-MIB port it sits in, found by name (neither table says so by index)
 
 
 @dataclass(frozen=True)
@@ -281,6 +308,9 @@ class SnmpResult:
     interfaces: tuple[SnmpInterface, ...]
     optics: tuple[SnmpOptic, ...]
     duration_seconds: float
+    # entPhySensorTable rows this poll read: 0 when that table is empty or was not read (MIKROTIK-MIB had
+    # optics), so "no optics" can say whether sensors were there and none measured optical power.
+    sensor_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -293,12 +323,24 @@ class SnmpError(Exception):
     """A poll that could not complete; the message is for people and holds no secret."""
 
 
+_Polled = tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...], int]  # uptime, ifs, optics, sensors
+
+
 # ---------------------------------------------------------------------------------------------- poller
 @dataclass
 class _Agent:
     key: tuple[str, int]
     transport: Any
     semaphore: asyncio.Semaphore
+
+
+@dataclass
+class _Carry:
+    """An agent's 32-bit octet counters as last read: (ifIndex, field) → (raw value, wraps seen), and the
+    agent's uptime then, to tell a wrap (carried) from a restart (everything starts again)."""
+
+    uptime_ticks: int = 0
+    counters: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -340,6 +382,7 @@ class SnmpPoller:
         self._rows_seen: dict[tuple[tuple[str, int], str], int] = {}
         self._layouts: dict[tuple[str, int], _Layout] = {}
         self._learned: set[tuple[str, int]] = set()
+        self._carries: dict[tuple[str, int], _Carry] = {}  # 32-bit octet counters' wraps, per agent
         self._v2c: dict[int, V2cSocket] = {}  # address family → socket
         self._request_id = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
         self._bulk_gen = BulkCommandGeneratorSingleRun()
@@ -438,13 +481,13 @@ class SnmpPoller:
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError("an SnmpPoller belongs to the event loop that started it (pysnmp engines cannot move)")
         try:
-            uptime, interfaces, optics = await self._poll(target, settings)
+            uptime, interfaces, optics, sensor_rows = await self._poll(target, settings)
         except SnmpError as exc:
             return SnmpResult(target, False, _scrub(str(exc), settings), None, (), (), time.monotonic() - t0)
         except Exception as exc:  # a pysnmp or decoding bug must cost one village, not the poll loop
             msg = f"SNMP failure: {type(exc).__name__}: {exc}"
             return SnmpResult(target, False, _scrub(msg, settings), None, (), (), time.monotonic() - t0)
-        return SnmpResult(target, True, None, uptime, interfaces, optics, time.monotonic() - t0)
+        return SnmpResult(target, True, None, uptime, interfaces, optics, time.monotonic() - t0, sensor_rows)
 
     async def poll_many(self, items: Iterable[tuple[str, SnmpSettings]]) -> list[SnmpResult]:
         """Poll every (target, settings) concurrently; results in the same order."""
@@ -453,9 +496,7 @@ class SnmpPoller:
         return list(await asyncio.gather(*(self.poll(t, s) for t, s in items)))
 
     # -- one poll
-    async def _poll(
-        self, target: str, s: SnmpSettings
-    ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]]:
+    async def _poll(self, target: str, s: SnmpSettings) -> _Polled:
         agent = await self._agent(target, s)
         auth, fresh = await self._auth(agent, s)
         try:
@@ -482,9 +523,7 @@ class SnmpPoller:
             self._engine_ids.pop(agent.key, None)  # learn the engine ID again on the next poll
             raise
 
-    async def _collect(
-        self, agent: _Agent, auth: Any, s: SnmpSettings
-    ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]]:
+    async def _collect(self, agent: _Agent, auth: Any, s: SnmpSettings) -> _Polled:
         """Read the rows the last walk found with a few GETs; walk everything when there is no such
         knowledge, every REWALK_EVERY polls, or when the GETs show the agent changed."""
         layout = self._layouts.get(agent.key)
@@ -495,14 +534,27 @@ class SnmpPoller:
                 return got
         self._layouts.pop(agent.key, None)
         tables, scalars = await self._walk_all(agent, auth, s)
-        up = scalars.get((*SYS_UPTIME, 0))
-        uptime = None if up is None else int(up) / 100.0
-        optics = _mikrotik_optics(tables["mikrotik"])
-        if not optics and "sensor" in tables:
-            optics = _entity_optics(tables["sensor"], tables.get("physical", {}))
+        up = _int(scalars.get((*SYS_UPTIME, 0)))
         if up is not None and not any(tables.get("sensor", {}).values()):
-            self._learn(agent, s, tables, int(up), scalars.get((*IF_NUMBER, 0)))
-        return uptime, _interfaces(tables["if"]), optics
+            self._learn(agent, s, tables, up, scalars.get((*IF_NUMBER, 0)))
+        return self._decode(agent, tables, up)
+
+    def _decode(self, agent: _Agent, tables: _Tables, uptime_ticks: int | None) -> _Polled:
+        """What a poll's tables say, with 32-bit counters carried past their wraps and optics tied to ports."""
+        interfaces = _interfaces(tables["if"])
+        carry = self._carries.get(agent.key)
+        if carry is None or (uptime_ticks is not None and uptime_ticks < carry.uptime_ticks):
+            carry = self._carries[agent.key] = _Carry()  # first sight, or the agent restarted: counters did too
+        if uptime_ticks is not None:
+            carry.uptime_ticks = uptime_ticks
+        interfaces = carry_wraps(interfaces, carry.counters)
+        optics = _mikrotik_optics(tables["mikrotik"])
+        sensors = tables.get("sensor", {})
+        if not optics and sensors:
+            optics = _entity_optics(sensors, tables.get("physical", {}), interfaces)
+        sensor_rows = len({idx for values in sensors.values() for idx in values})
+        uptime = None if uptime_ticks is None else uptime_ticks / 100.0
+        return uptime, interfaces, tie_optics(optics, interfaces), sensor_rows
 
     def _learn(self, agent: _Agent, s: SnmpSettings, tables: _Tables, uptime: int, if_number: Any) -> None:
         """Remember which instances the walk returned (only those: a column an agent lacks for some row
@@ -510,10 +562,10 @@ class SnmpPoller:
         places: list[tuple[str, Oid, Oid]] = [("", (*SYS_UPTIME, 0), ())]
         if if_number is not None:
             places.append(("", (*IF_NUMBER, 0), ()))
-        for table, columns in (("if", IF_COLUMNS), ("mikrotik", MIKROTIK_OPTICAL_COLUMNS)):
-            got = tables[table]
-            rows = sorted({idx for col in columns.values() for idx in got.get(col, {})})
-            places += [(table, col, idx) for idx in rows for col in columns.values() if idx in got.get(col, {})]
+        for table in ("if", "mikrotik"):
+            got = tables[table]  # the columns walked, ifTable's fallback ones included when they were
+            rows = sorted({idx for values in got.values() for idx in values})
+            places += [(table, col, idx) for idx in rows for col, values in got.items() if idx in values]
         oids = [col + idx for _, col, idx in places]
         chunks = _chunks(oids, s.max_varbinds)
         # The first time, start each agent at its own point of the re-walk cycle, so that a district
@@ -525,9 +577,7 @@ class SnmpPoller:
             s.version, uptime, None if if_number is None else int(if_number), places, oids, chunks, polls
         )
 
-    async def _get_known(
-        self, agent: _Agent, auth: Any, s: SnmpSettings, layout: _Layout
-    ) -> tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...]] | None:
+    async def _get_known(self, agent: _Agent, auth: Any, s: SnmpSettings, layout: _Layout) -> _Polled | None:
         """The known instances by GET (the chunks side by side), or None when the agent must be walked: it
         restarted (sysUpTime went back), ifNumber changed, or an instance is gone (noSuchInstance)."""
         while True:
@@ -551,7 +601,7 @@ class SnmpPoller:
             if tuple(oid) != want or val is None or isinstance(val, EndOfMibView | NoSuchObject | NoSuchInstance):
                 return None
             if table:
-                tables[table][col][idx] = val
+                tables[table].setdefault(col, {})[idx] = val
             else:
                 scalars[want] = val
         uptime = _int(scalars.get((*SYS_UPTIME, 0)))
@@ -560,7 +610,7 @@ class SnmpPoller:
         if layout.if_number is not None and _int(scalars.get((*IF_NUMBER, 0))) != layout.if_number:
             return None
         layout.uptime_ticks = uptime
-        return uptime / 100.0, _interfaces(tables["if"]), _mikrotik_optics(tables["mikrotik"])
+        return self._decode(agent, tables, uptime)
 
     async def _walk_all(self, agent: _Agent, auth: Any, s: SnmpSettings) -> tuple[_Tables, dict[Oid, Any]]:
         # Two small GETBULKs side by side (the agent allows max_per_agent in flight): the interfaces with
@@ -570,8 +620,20 @@ class SnmpPoller:
             self._walk(agent, auth, s, "mikrotik", list(MIKROTIK_OPTICAL_COLUMNS.values())),
         )
         tables: _Tables = {"if": if_tables, "mikrotik": mt_tables}
-        if not _mikrotik_optics(mt_tables):
-            tables["sensor"], _ = await self._walk(agent, auth, s, "sensor", list(ENTITY_SENSOR_COLUMNS.values()))
+        # Then, side by side again and only where needed: ifTable's older columns, and ENTITY-SENSOR-MIB.
+        fallback = _lacks_if_x(if_tables)
+        sensors = not _mikrotik_optics(mt_tables)
+        walks = [(fallback, "if-fallback", IF_TABLE_FALLBACK_COLUMNS), (sensors, "sensor", ENTITY_SENSOR_COLUMNS)]
+        done = [
+            t
+            for t, _ in await asyncio.gather(
+                *(self._walk(agent, auth, s, name, list(cols.values())) for wanted, name, cols in walks if wanted)
+            )
+        ]
+        if fallback:
+            if_tables.update(done.pop(0))
+        if sensors:
+            tables["sensor"] = done.pop(0)
             if any(tables["sensor"].values()):
                 tables["physical"], _ = await self._walk(
                     agent, auth, s, "physical", list(ENTITY_PHYSICAL_COLUMNS.values())
@@ -863,8 +925,29 @@ async def probe(target: str, settings: SnmpSettings, poller: SnmpPoller | None =
 
 
 # ---------------------------------------------------------------------------------------------- decoding
+def interface_speed(high_speed: int | None, speed: int | None) -> float | None:
+    """Bit/s from ifHighSpeed (Mbit/s), else from ifSpeed. None for 0, which RFC 2863 gives to an interface
+    with no notion of speed and agents that report the operational speed send while a port has no link, and
+    for ifSpeed's ceiling (2^32 - 1: "faster than this, see ifHighSpeed") when there is no ifHighSpeed."""
+    if high_speed is not None and high_speed > 0:
+        return high_speed * 1e6
+    if speed is not None and 0 < speed < _IF_SPEED_CEILING:
+        return float(speed)
+    return None
+
+
+def _lacks_if_x(tables: dict[Oid, dict[Oid, Any]]) -> bool:
+    """Whether some interface lacks what ifXTable gives (a name, 64-bit octet counters, ifHighSpeed), so
+    that ifTable's own columns for them must be walked too."""
+    rows = {idx for values in tables.values() for idx in values if len(idx) == 1}
+    name, hc_in, hc_out, high = (
+        tables.get(IF_COLUMNS[k], {}) for k in ("name", "in_octets", "out_octets", "high_speed")
+    )
+    return any(not _text(name.get(i)) or i not in hc_in or i not in hc_out or i not in high for i in rows)
+
+
 def _interfaces(tables: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpInterface, ...]:
-    col = {k: tables.get(oid, {}) for k, oid in IF_COLUMNS.items()}
+    col = {k: tables.get(oid, {}) for k, oid in (IF_COLUMNS | IF_TABLE_FALLBACK_COLUMNS).items()}
     indexes = sorted({idx for values in col.values() for idx in values if len(idx) == 1})
     out = []
     for idx in indexes:
@@ -872,25 +955,60 @@ def _interfaces(tables: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpInterface, ...]:
         def num(k: str, idx: Oid = idx) -> int | None:
             return _int(col[k].get(idx))
 
-        speed = num("high_speed")
+        in_octets, out_octets, bits = num("in_octets"), num("out_octets"), 64
+        if in_octets is None and out_octets is None:
+            in_octets, out_octets, bits = num("in_octets_32"), num("out_octets_32"), 32
         last = num("last_change")
         admin, oper = num("admin_status"), num("oper_status")
         out.append(
             SnmpInterface(
                 index=idx[0],
-                name=_text(col["name"].get(idx)),
+                name=_text(col["name"].get(idx)) or _text(col["descr"].get(idx)) or None,
                 alias=_text(col["alias"].get(idx)),
                 oper_up=None if oper is None else oper == 1,
                 admin_up=None if admin is None else admin == 1,
-                speed_bits_per_second=None if speed is None else speed * 1e6,
-                in_octets=num("in_octets"),
-                out_octets=num("out_octets"),
+                speed_bits_per_second=interface_speed(num("high_speed"), num("speed")),
+                in_octets=in_octets,
+                out_octets=out_octets,
                 in_errors=num("in_errors"),
                 out_errors=num("out_errors"),
                 in_discards=num("in_discards"),
-                last_change_seconds=None if last is None else last / 100.0,
+                last_change_seconds=None if last is None else last / 100,
+                octet_counter_bits=None if in_octets is None and out_octets is None else bits,
             )
         )
+    return tuple(out)
+
+
+def carry_counter32(last: tuple[int, int] | None, raw: int) -> tuple[int, int]:
+    """(raw, wraps) after reading a Counter32 that was (raw, wraps) before: a reading below the last is a wrap,
+    since a Counter32 goes back to 0 after 2^32 - 1 (RFC 2578 §7.1.6) and only then, while the agent runs.
+    More than one wrap between two reads cannot be told from one (at 100 Mbit/s one takes 344 s)."""
+    if last is None:
+        return raw, 0
+    last_raw, wraps = last
+    return raw, wraps + (raw < last_raw)
+
+
+def carry_wraps(
+    interfaces: tuple[SnmpInterface, ...], counters: dict[tuple[int, str], tuple[int, int]]
+) -> tuple[SnmpInterface, ...]:
+    """Interfaces whose 32-bit octet counters read raw + wraps × 2^32, updating `counters` (an agent's state).
+
+    A counter that drops looks like a reset to Prometheus' rate() and to a difference of two polls, which then
+    lose what was counted before the wrap (up to a poll interval's traffic each time); carried on, it only
+    goes back when the agent restarts (the caller then starts `counters` afresh) or desanet does."""
+    out = []
+    for i in interfaces:
+        if i.octet_counter_bits != 32:
+            out.append(i)
+            continue
+        carried: dict[str, int | None] = {"in_octets": i.in_octets, "out_octets": i.out_octets}
+        for name, raw in carried.items():
+            if raw is not None:
+                state = counters[(i.index, name)] = carry_counter32(counters.get((i.index, name)), raw)
+                carried[name] = raw + state[1] * _COUNTER32
+        out.append(replace(i, in_octets=carried["in_octets"], out_octets=carried["out_octets"]))
     return tuple(out)
 
 
@@ -903,22 +1021,25 @@ def _mikrotik_optics(tables: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpOptic, ...]
         def num(k: str, idx: Oid = idx) -> int | None:
             return _int(col[k].get(idx))
 
-        def scaled(k: str, factor: float) -> float | None:
+        def scaled(k: str, divisor: int) -> float | None:
+            # A division of two integers is the double nearest the decimal the agent meant (-14873 / 1000
+            # is -14.873); multiplying by 1e-3 is not (-14.873000000000001).
             v = num(k)
-            return None if v is None else v * factor
+            return None if v is None else v / divisor
 
         rx_loss, tx_fault = num("rx_loss"), num("tx_fault")
+        rx = scaled("rx_power", 1000)  # IDiv1000: -18000 is -18.000 dBm
         out.append(
             SnmpOptic(
-                index=idx[0],
+                index=idx[0],  # MIKROTIK-MIB's ObjectIndex is internal, "not related to item numbers"
                 name=_text(col["name"].get(idx)),
-                rx_power_dbm=scaled("rx_power", 1e-3),  # IDiv1000: -18000 is -18.000 dBm
-                tx_power_dbm=scaled("tx_power", 1e-3),
-                temperature_celsius=scaled("temperature", 1.0),
-                bias_amperes=scaled("bias", 1e-3),  # mA
-                voltage_volts=scaled("voltage", 1e-3),  # GDiv1000
-                wavelength_meters=scaled("wavelength", 1e-11),  # GDiv100 nm: 131000 is 1310.00 nm
-                rx_loss=None if rx_loss is None else rx_loss == 1,
+                rx_power_dbm=rx,
+                tx_power_dbm=scaled("tx_power", 1000),
+                temperature_celsius=scaled("temperature", 1),
+                bias_amperes=scaled("bias", 1000),  # mA
+                voltage_volts=scaled("voltage", 1000),  # GDiv1000
+                wavelength_meters=scaled("wavelength", 10**11),  # GDiv100 nm: 131000 is 1310.00 nm
+                rx_loss=_no_light(rx_loss == 1 if rx_loss is not None else None, rx),
                 tx_fault=None if tx_fault is None else tx_fault == 1,
                 vendor=_text(col["vendor"].get(idx)),
                 source="mikrotik",
@@ -927,70 +1048,164 @@ def _mikrotik_optics(tables: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpOptic, ...]
     return tuple(out)
 
 
+def _no_light(flag: bool | None, rx_dbm: float | None) -> bool | None:
+    """The module's own loss-of-signal flag, or a reading at the DOM's floor, which is no light too."""
+    if rx_dbm is not None and rx_dbm <= NO_LIGHT_DBM:
+        return True
+    return flag
+
+
 def sensor_value(value: int, scale: int, precision: int) -> float:
-    """RFC 3433: the reading is value × 10^(3·(scale − 9)) / 10^precision (scale 9 is 'units')."""
-    return value * 10.0 ** (3 * (scale - 9) - precision)
+    """RFC 3433: the reading is value × 10^(3·(scale − 9)) / 10^precision (scale 9 is 'units'), computed as
+    one exact division so that 4290 at milli, precision 4, is 0.000429 and not 0.00042899999999999997."""
+    exponent = 3 * (scale - 9) - precision
+    return float(value * 10**exponent) if exponent >= 0 else value / 10**-exponent
 
 
-def _entity_optics(sensors: dict[Oid, dict[Oid, Any]], phys: dict[Oid, dict[Oid, Any]]) -> tuple[SnmpOptic, ...]:
-    """Best effort for non-MikroTik agents: group the sensors of one transceiver (by entPhysicalContainedIn)
-    and keep the groups that measure optical power. Rx and Tx are told apart by the sensor's name."""
+@dataclass
+class _OpticGroup:
+    """One transceiver's sensors, gathered across its entities (lanes hold power, the module the rest)."""
+
+    index: int
+    label: str | None
+    rx: list[float] = field(default_factory=list)
+    tx: list[float] = field(default_factory=list)
+    dark: bool = False  # a lane's receive sensor read no light
+    other: dict[str, float] = field(default_factory=dict)
+
+
+def _sensor_kind(typ: int, units: str, label: str) -> str | None:
+    if typ == _SENSOR_CELSIUS:
+        return "temperature"
+    if typ == _SENSOR_VOLTS_DC:
+        return "voltage"
+    if typ == _SENSOR_AMPERES:
+        return "bias"
+    if typ in (_SENSOR_WATTS, _SENSOR_DBM) or (typ == _SENSOR_OTHER and "dbm" in units):
+        if any(w in label for w in ("rx", "receive", "input")):
+            return "rx"
+        if any(w in label for w in ("tx", "transmit", "output")):
+            return "tx"
+    return None
+
+
+def port_in_label(label: str | None, ports: dict[str, int]) -> int | None:
+    """The ifIndex of the port an ENTITY-MIB label names: the text after its last " for " (EOS: "DOM RX Power
+    Sensor for Ethernet1", "Xcvr for Ethernet1"), else its longest word that is a port's name (Cisco:
+    "Te1/1 Receive Power Sensor"). Whole names only, so Ethernet1 is never taken for Ethernet10."""
+    if not label:
+        return None
+    _, sep, tail = label.rpartition(" for ")
+    if sep and tail.strip() in ports:
+        return ports[tail.strip()]
+    words = [w.strip(",;:()[]") for w in label.split()]
+    hits = [w for w in words if w in ports]
+    return ports[max(hits, key=len)] if hits else None
+
+
+def _entity_optics(
+    sensors: dict[Oid, dict[Oid, Any]], phys: dict[Oid, dict[Oid, Any]], interfaces: Sequence[SnmpInterface] = ()
+) -> tuple[SnmpOptic, ...]:
+    """Optics from RFC 3433 sensors, for agents without the MikroTik table: a transceiver's sensors are
+    gathered into one optic, and Rx and Tx told apart by the sensor's label.
+
+    A sensor's label is entPhysicalName, or entPhysicalDescr where the name is empty (EOS). Its transceiver
+    is the nearest module(9) up its entPhysicalContainedIn chain: power sensors may sit one level down, in a
+    lane. The optic is tied to the port its labels name (port_in_label), which also gathers sensors whose
+    containment the agent leaves out; without a port, the module (or the sensor's parent) groups them.
+    An underflow or 0 mW on a receive sensor is no light (rx_loss, no number); several lanes give the weakest."""
     col = {k: sensors.get(oid, {}) for k, oid in ENTITY_SENSOR_COLUMNS.items()}
-    names = {idx[0]: _text(v) for idx, v in phys.get(ENTITY_PHYSICAL_COLUMNS["name"], {}).items() if len(idx) == 1}
-    parents = {
-        idx[0]: _int(v) for idx, v in phys.get(ENTITY_PHYSICAL_COLUMNS["contained_in"], {}).items() if len(idx) == 1
+    ent = {
+        k: {idx[0]: v for idx, v in phys.get(oid, {}).items() if len(idx) == 1}
+        for k, oid in ENTITY_PHYSICAL_COLUMNS.items()
     }
-    groups: dict[int, dict[str, float]] = {}
+    parents = {n: _int(v) for n, v in ent["contained_in"].items()}
+    modules = {n for n, v in ent["class"].items() if _int(v) == _ENT_CLASS_MODULE}
+    ports = {i.name: i.index for i in interfaces if i.name}
+
+    def label(n: int) -> str | None:
+        return _text(ent["name"].get(n)) or _text(ent["descr"].get(n)) or None
+
+    def ancestors(n: int) -> list[int]:
+        out: list[int] = []
+        p = parents.get(n)
+        while p and p != n and p not in out and len(out) < 16:  # bounded: a broken agent may loop
+            out.append(p)
+            p = parents.get(p)
+        return out
+
+    module_of_port = {port: m for m in sorted(modules) if (port := port_in_label(label(m), ports)) is not None}
+    groups: dict[tuple[str, int], _OpticGroup] = {}
     for idx in sorted(i for i in col["value"] if len(i) == 1):
         n = idx[0]
         typ, value = _int(col["type"].get(idx)), _int(col["value"].get(idx))
         status = _int(col["oper_status"].get(idx))
-        if typ is None or value is None or status not in (None, 1):
+        if typ is None or value is None or status not in (None, 1) or value == SENSOR_OVERFLOW:
             continue
-        reading = sensor_value(value, _int(col["scale"].get(idx)) or 9, _int(col["precision"].get(idx)) or 0)
-        units = (_text(col["units"].get(idx)) or "").lower()
-        label = (names.get(n) or "").lower()
-        kind: str | None = None
-        if typ == _SENSOR_CELSIUS:
-            kind = "temperature"
-        elif typ == _SENSOR_VOLTS_DC:
-            kind = "voltage"
-        elif typ == _SENSOR_AMPERES:
-            kind = "bias"
-        elif typ in (_SENSOR_WATTS, _SENSOR_DBM) or (typ == _SENSOR_OTHER and "dbm" in units):
-            if typ == _SENSOR_WATTS:
-                if reading <= 0:
-                    continue
-                reading = 10 * math.log10(reading * 1000)
-            if any(w in label for w in ("rx", "receive", "input")):
-                kind = "rx"
-            elif any(w in label for w in ("tx", "transmit", "output")):
-                kind = "tx"
+        kind = _sensor_kind(typ, (_text(col["units"].get(idx)) or "").lower(), (label(n) or "").lower())
         if kind is None:
             continue
-        group = parents.get(n) or n
-        groups.setdefault(group, {})[kind] = reading
+        up = ancestors(n)
+        module = next((a for a in up if a in modules), None)
+        # The labels that may name the port: the sensor's, and its containers' up to the transceiver (not
+        # beyond: a slot or the chassis says nothing about which port).
+        chain = [n, *(up[: up.index(module) + 1] if module is not None else up[:1])]
+        port = next((p for e in chain if (p := port_in_label(label(e), ports)) is not None), None)
+        if port is not None:
+            key = ("port", port)
+            module = module if module is not None else module_of_port.get(port)
+        else:
+            key = ("entity", module if module is not None else (up[0] if up else n))
+        group = groups.get(key)
+        if group is None:
+            where = module if module is not None else (up[0] if up else n)
+            group = groups[key] = _OpticGroup(where, label(where))
+        if value == SENSOR_UNDERFLOW:
+            group.dark |= kind == "rx"  # less light than the sensor measures; other readings: none to keep
+            continue
+        reading = sensor_value(value, _int(col["scale"].get(idx)) or 9, _int(col["precision"].get(idx)) or 0)
+        if kind in ("rx", "tx"):
+            if typ == _SENSOR_WATTS:
+                if reading <= 0:  # 0 mW is -inf dBm: no light received, or no light sent
+                    group.dark |= kind == "rx"
+                    continue
+                reading = 10 * math.log10(reading * 1000)
+            (group.rx if kind == "rx" else group.tx).append(reading)
+        else:
+            group.other.setdefault(kind, reading)
+    names = {index: name for name, index in ports.items()}
     out = []
-    for group, g in sorted(groups.items()):
-        if "rx" not in g and "tx" not in g:
+    for (how, key_index), g in sorted(groups.items(), key=lambda kv: (kv[1].index, kv[0])):
+        if not (g.rx or g.tx or g.dark):
             continue  # a chassis thermometer is not an optic
+        rx = min(g.rx) if g.rx else None
         out.append(
             SnmpOptic(
-                index=group,
-                name=names.get(group),
-                rx_power_dbm=g.get("rx"),
-                tx_power_dbm=g.get("tx"),
-                temperature_celsius=g.get("temperature"),
-                bias_amperes=g.get("bias"),
-                voltage_volts=g.get("voltage"),
+                index=g.index,
+                name=names[key_index] if how == "port" else g.label,
+                rx_power_dbm=rx,
+                tx_power_dbm=min(g.tx) if g.tx else None,
+                temperature_celsius=g.other.get("temperature"),
+                bias_amperes=g.other.get("bias"),
+                voltage_volts=g.other.get("voltage"),
                 wavelength_meters=None,
-                rx_loss=None,
+                rx_loss=_no_light(True if g.dark else None if rx is None else False, rx),
                 tx_fault=None,
                 vendor=None,
                 source="entity-sensor",
+                if_index=key_index if how == "port" else None,
             )
         )
     return tuple(out)
+
+
+def tie_optics(optics: tuple[SnmpOptic, ...], interfaces: Sequence[SnmpInterface]) -> tuple[SnmpOptic, ...]:
+    """Each optic with the ifIndex of the port of the same name. Neither table ties them by index: MIKROTIK-MIB's
+    row index is its own (optical row 1 may be ifIndex 3), so the name (mtxrOpticalName = ifName) is the tie."""
+    ports = {i.name: i.index for i in interfaces if i.name}
+    return tuple(
+        o if o.if_index is not None or o.name not in ports else replace(o, if_index=ports[o.name]) for o in optics
+    )
 
 
 def _int(v: Any) -> int | None:

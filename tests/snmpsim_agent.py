@@ -174,8 +174,10 @@ class SnmpsimAgent:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-def launch(snmprec: Path, workdir: Path, host: str = "127.0.0.1") -> SnmpsimAgent:
-    """Start snmpsim serving `snmprec` alone; the caller waits for it (`wait_until_answering`) and stops it."""
+def launch(snmprec: Path, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> SnmpsimAgent:
+    """Start snmpsim serving `snmprec` alone; the caller waits for it (`wait_until_answering`) and stops it.
+    `port`: a given one, for a test that serves the same device's later state where it served an earlier one
+    (a poller keeps its state per address and port); else a free one."""
     if not host.startswith("127."):
         raise ValueError(f"snmpsim is for loopback only, not {host}")
     responder, why = find_responder()
@@ -186,7 +188,7 @@ def launch(snmprec: Path, workdir: Path, host: str = "127.0.0.1") -> SnmpsimAgen
         d.mkdir(parents=True, exist_ok=True)
     community = snmprec.name.removesuffix(".snmprec")
     shutil.copyfile(snmprec, data / snmprec.name)
-    port = free_udp_port(host)
+    port = port or free_udp_port(host)
     argv = [
         str(responder),
         f"--data-dir={data}",
@@ -215,11 +217,11 @@ def wait_until_answering(agent: SnmpsimAgent, seconds: float = START_SECONDS) ->
 
 
 @contextlib.contextmanager
-def serve(snmprec: Path, workdir: Path, host: str = "127.0.0.1") -> Iterator[SnmpsimAgent]:
+def serve(snmprec: Path, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> Iterator[SnmpsimAgent]:
     """snmpsim serving one recording, answering, for the length of the block; stopped by PID afterwards.
     A port taken between choosing it and binding it (another process's race) gets one more try."""
     for attempt in range(2):
-        agent = launch(snmprec, workdir / f"try{attempt}", host)
+        agent = launch(snmprec, workdir / f"try{attempt}", host, port)
         try:
             wait_until_answering(agent)
         except RuntimeError:

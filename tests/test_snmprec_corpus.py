@@ -25,6 +25,7 @@ NAMES = (
     "entity-sensor-descr-only",
     "entity-sensor-no-light",
     "ifmib-no-ifxtable",
+    "ifmib-no-ifxtable-wrapped",
     "ifmib-port-down",
     "mikrotik-optics-by-name",
 )
