@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
     @lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def exec_cmd(ctx: typer.Context) -> None:
         """Run a command inside the NOC namespace: `desanet lab exec -- ping 10.115.1.1`."""
-        from desanet.lab.lab import LabError, exec_argv
+        from desanet.lab.lab import LabError, exec_argv, exec_env
 
         command = list(ctx.args)
         if command and command[0] == "--":
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
         except LabError as exc:
             _fail(str(exc))
         sys.stdout.flush()
-        os.execvp(argv[0], argv)
+        os.execvpe(argv[0], argv, exec_env(os.environ))
 
 
 def _ms(v: float | None) -> str:

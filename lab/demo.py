@@ -204,6 +204,7 @@ def main() -> None:
     if state is None or not state.get("complete"):
         console.print("[red]the lab is not up: run `desanet lab up` first[/]")
         raise SystemExit(1)
+    os.environ.update(labmod.exec_env(os.environ))  # the secrets the lab's agents accept, where none is set
     inventory = Path(state["inventory"])
     inv = load_inventory(inventory)
     noc = state["plan"]["noc_ns"]

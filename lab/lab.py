@@ -17,12 +17,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from desanet.district import Inventory, SecretError, SnmpV2c, SnmpV3, load_inventory, resolve_secret
+from desanet.district import (
+    EnvSecret,
+    FileSecret,
+    Inventory,
+    SecretError,
+    SnmpV2c,
+    SnmpV3,
+    load_inventory,
+    resolve_secret,
+)
 from desanet.lab import netns
 from desanet.lab.topology import CORE_NOC_ADDR, NOC_ADDR, KecPlan, LabPlan, VillagePlan, lab_prefix, plan
 
@@ -242,7 +251,13 @@ def up(
             return existing
         say("replacing the lab that is up")
         down(lp.prefix)
-    secrets = _agent_secrets(inv)  # fail before building anything when a secret is missing
+    fills = lab_only_secrets(inv, os.environ)
+    for env_name, lab_value in fills.items():
+        say(
+            f"{env_name} is not set: the lab's agents use the lab-only value {lab_value!r} and `desanet lab exec` "
+            "passes it to what it runs (a real inventory still needs it set)"
+        )
+    secrets = _agent_secrets(inv, fills)  # fail before building anything when a secret is missing
 
     t0 = time.monotonic()
     d = state_dir(lp.prefix)
@@ -257,6 +272,9 @@ def up(
         "emulate": {},
         "optical": {},
         "shaping": shaping,
+        # The {env: NAME} secrets the lab's agents accept, for `lab exec` to pass on: lab values only (the
+        # agents' own configuration under this directory holds them too).
+        "secrets_env": _env_secrets(inv, fills),
         "pids": {},
         "complete": False,
         "created": time.time(),
@@ -300,6 +318,8 @@ def up(
     core = ["link set lo up", "link set noc up", f"addr add {CORE_NOC_ADDR}/30 dev noc"]
     for k in lp.kecamatan:
         core += [f"link set {k.core_if} up", f"addr add {k.core_addr}/30 dev {k.core_if}"]
+        # The uplink's cap toward the NOC: the core's ingress from k<k>, redirected to this ifb (see Link).
+        core += [f"link add i{k.core_if} type ifb", f"link set i{k.core_if} up"]
     core += [f"route add {v.router}/32 via {v.kecamatan.kec_addr}" for v in lp.villages]
     _ns_batch(lp.core_ns, core)
     by_kec: dict[int, list[VillagePlan]] = {}
@@ -373,8 +393,50 @@ def _wait_for(cond: Any, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _agent_secrets(inv: Inventory) -> dict[str, dict[str, Any]]:
+LAB_ONLY_PREFIX = "lab-only-"
+
+
+def _secret_refs(inv: Inventory) -> list[EnvSecret | FileSecret]:
+    refs: list[EnvSecret | FileSecret] = []
+    for v in inv.villages:
+        cfg = inv.snmp_for(v)
+        if isinstance(cfg, SnmpV2c):
+            refs.append(cfg.community)
+        elif isinstance(cfg, SnmpV3):
+            refs += [cfg.auth_key, cfg.priv_key]
+    return refs
+
+
+def lab_only_secrets(inv: Inventory, environ: Mapping[str, str]) -> dict[str, str]:
+    """A value for each {env: NAME} secret of the inventory that `environ` does not set: the lab's own.
+
+    Only the lab's agents accept these, so a first `desanet lab up` works with nothing exported, while a real
+    inventory (`desanet check`, `serve`, `probe` outside the lab) still refuses a missing secret: nothing but
+    `lab up` and `lab exec` uses them. Fixed, not random, so a person can type one (`snmpget -c ...`); at least
+    8 characters, as SNMPv3 keys must be.
+    """
+    names = {r.env for r in _secret_refs(inv) if isinstance(r, EnvSecret) and not environ.get(r.env)}
+    return {n: LAB_ONLY_PREFIX + n.lower().replace("_", "-") for n in sorted(names)}
+
+
+def _resolver(fills: Mapping[str, str]) -> Any:
+    def resolve(ref: EnvSecret | FileSecret) -> str:
+        if isinstance(ref, EnvSecret) and ref.env in fills:
+            return fills[ref.env]
+        return resolve_secret(ref)
+
+    return resolve
+
+
+def _env_secrets(inv: Inventory, fills: Mapping[str, str]) -> dict[str, str]:
+    """NAME -> value of every {env: NAME} secret the lab's agents were given (set or lab-only)."""
+    resolve = _resolver(fills)
+    return {r.env: resolve(r) for r in _secret_refs(inv) if isinstance(r, EnvSecret)}
+
+
+def _agent_secrets(inv: Inventory, fills: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """What each village's snmpd must accept: the very secrets the probes will use."""
+    resolve_secret = _resolver(fills or {})
     out: dict[str, dict[str, Any]] = {}
     for v in inv.villages:
         cfg = inv.snmp_for(v)
@@ -560,11 +622,12 @@ def request_reload(state: dict[str, Any]) -> None:
 def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
     """Rewrite each namespace's impairment rules from the state: simple, idempotent, atomic per namespace."""
     imp = state["impairments"]
-    links = [(ln.down_ns, ln.down_if, ln.up_ns, ln.up_if, ln.key) for ln in _links(lp)]
     nft: dict[str, list[str]] = {}
     ipt: dict[str, list[str]] = {}
+    shape: dict[str, list[str]] = {}
     queue_of = {q["key"]: q["queue"] for q in state["queues"]}
-    for ns, ifname, up_ns, up_if, key in links:
+    for link in _links(lp):
+        ns, ifname, key = link.ns, link.far_if, link.key
         cur = imp.get(key)
         nft.setdefault(ns, [])
         ipt.setdefault(ns, [])
@@ -585,8 +648,8 @@ def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
                 )
             if d["delay_ms"] or d["jitter_ms"] or d["loss_pct"]:
                 ipt[ns].append(f"-A DESANET {match} -j NFQUEUE --queue-num {queue_of[dkey]}")
-        _set_rate(ns, ifname, *_shape(state, lp, key, "down"))
-        _set_rate(up_ns, up_if, *_shape(state, lp, key, "up"))
+        shape.setdefault(ns, []).extend(_shape_lines(state, link))
+    _tc_batches(shape)
     for ns, rules in nft.items():
         script = "flush chain inet desanet impair\n" + "".join(f"add rule inet desanet impair {r}\n" for r in rules)
         _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script)
@@ -599,21 +662,39 @@ def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
 
 @dataclass(frozen=True)
 class Link:
-    """One link of the lab: where each direction leaves (its egress interface holds the cap) and its contract."""
+    """One link of the lab, its contract, and where its caps live.
+
+    Both caps of a link sit in the namespace that also holds its impairment rules (`ns`: the kecamatan's for
+    a village link, the core for an uplink), on the far side of the sender: a packet's queue must be one it
+    meets after being forwarded, as in the field, and not the sending host's own, where the socket's send
+    buffer and TCP Small Queues throttle the sender long before a router's buffer fills (measured: a UDP
+    flood out of a village's own up0 tbf held 27 ms of a 300 ms queue, and never dropped).
+
+    - village, down: tbf on the kecamatan's `v<i>` egress;
+    - village, up: an htb class of its own on the kecamatan's `uplink` egress, chosen by the router's source
+      address (the only address in the village), with a bfifo of the buffer as its queue;
+    - uplink, down: tbf on the core's `k<k>` egress;
+    - uplink, up: the core's `k<k>` ingress redirected (mirred) to an ifb `ik<k>` whose egress holds the tbf.
+    """
 
     key: str  # v:<slug> or k:<kecamatan>
-    down_ns: str  # the namespace and interface that send toward the village (or kecamatan)
-    down_if: str
-    up_ns: str  # ... and toward the NOC
-    up_if: str
+    village: bool
+    index: int
+    ns: str
+    far_if: str  # in ns, toward the village or kecamatan
+    router: str | None  # a village's address; None for an uplink
     down_mbit: float | None  # contracted (village) or uplink_mbit (kecamatan); None: not known
     up_mbit: float | None
 
 
 def _links(lp: LabPlan) -> list[Link]:
-    out = [Link(f"v:{v.slug}", v.kecamatan.ns, v.kec_if, v.ns, "up0", v.down_mbit, v.up_mbit) for v in lp.villages]
+    out = [
+        Link(f"v:{v.slug}", True, v.index, v.kecamatan.ns, v.kec_if, v.router, v.down_mbit, v.up_mbit)
+        for v in lp.villages
+    ]
     out += [
-        Link(f"k:{k.name}", lp.core_ns, k.core_if, k.ns, k.up_if, k.uplink_mbit, k.uplink_mbit) for k in lp.kecamatan
+        Link(f"k:{k.name}", False, k.index, lp.core_ns, k.core_if, None, k.uplink_mbit, k.uplink_mbit)
+        for k in lp.kecamatan
     ]
     return out
 
@@ -633,48 +714,87 @@ def shape_for(
     return rate, float(override.get("buffer_ms") or default)
 
 
-def _shape(state: dict[str, Any], lp: LabPlan, key: str, direction: str) -> tuple[float | None, float]:
-    link = next(ln for ln in _links(lp) if ln.key == key)
+def _shape(state: dict[str, Any], link: Link, direction: str) -> tuple[float | None, float]:
     contract = link.down_mbit if direction == "down" else link.up_mbit
-    cur = state["impairments"].get(key) or {}
+    cur = state["impairments"].get(link.key) or {}
     return shape_for(state.get("shaping"), contract, cur.get(direction), direction)
 
 
-def tbf_args(rate_mbit: float, buffer_ms: float) -> list[str]:
-    """tc arguments for a cap: tbf at the rate, a bucket of 4 ms, and a tail-drop queue of buffer_ms.
-
-    tbf counts whole frames; a bucket of 4 ms (at least ten full frames) keeps TCP at the cap. `limit` is the
-    bytes tbf queues waiting for tokens (its child bfifo), so a saturated link delays a packet by about
-    limit / rate = buffer_ms and drops what does not fit, as a router's shaper does; it is at least two full
-    frames, or a slow link with a short buffer could not hold one packet.
-    """
+def bucket_and_limit(rate_mbit: float, buffer_ms: float) -> tuple[int, int]:
+    """(bucket, queue) in bytes for a cap: a bucket of 4 ms (at least ten full frames) keeps TCP at the cap;
+    the queue holds buffer_ms at the rate, at least two full frames, or a slow link with a short buffer could
+    not hold one packet. A saturated link then delays a packet by about queue / rate = buffer_ms and drops
+    what does not fit, as a router's tail-drop shaper does."""
     rate_bytes = rate_mbit * 1e6 / 8
-    burst = max(int(rate_bytes * 0.004), 10 * FRAME_BYTES)
-    limit = max(round(rate_bytes * buffer_ms / 1e3), 2 * FRAME_BYTES)
+    return max(int(rate_bytes * 0.004), 10 * FRAME_BYTES), max(round(rate_bytes * buffer_ms / 1e3), 2 * FRAME_BYTES)
+
+
+def tbf_args(rate_mbit: float, buffer_ms: float) -> list[str]:
+    """tc arguments for a tbf cap (tbf counts whole frames; `limit` is its child bfifo's size)."""
+    burst, limit = bucket_and_limit(rate_mbit, buffer_ms)
     return ["tbf", "rate", f"{round(rate_mbit * 1e6)}bit", "burst", str(burst), "limit", str(limit)]
 
 
-def _set_rate(ns: str, ifname: str, rate_mbit: float | None, buffer_ms: float = DEFAULT_BUFFER_MS) -> None:
-    if rate_mbit:
-        _run(["tc", "-n", ns, "qdisc", "replace", "dev", ifname, "root", *tbf_args(rate_mbit, buffer_ms)])
+def _shape_lines(state: dict[str, Any], link: Link, *, fresh: bool = False) -> list[str]:
+    """`tc -batch` lines (run in link.ns) that put both caps of a link in force; `fresh`: nothing there yet.
+
+    Lines with ` del ` may fail harmlessly (there was nothing to delete); _tc_batches knows."""
+    out: list[str] = []
+    rate, buffer_ms = _shape(state, link, "down")
+    if rate:
+        out.append(f"qdisc replace dev {link.far_if} root {' '.join(tbf_args(rate, buffer_ms))}")
+    elif not fresh:
+        out.append(f"qdisc del dev {link.far_if} root")
+    rate, buffer_ms = _shape(state, link, "up")
+    if link.village:
+        cls, prio = f"1:{link.index:x}", link.index
+        if rate:
+            burst, limit = bucket_and_limit(rate, buffer_ms)
+            bits = f"{round(rate * 1e6)}bit"
+            out += [
+                f"class replace dev uplink parent 1: classid {cls} htb rate {bits} ceil {bits} burst {burst} "
+                f"cburst {burst} quantum {10 * FRAME_BYTES}",
+                f"qdisc replace dev uplink parent {cls} handle {link.index + 1:x}: bfifo limit {limit}",
+                *([] if fresh else [f"filter del dev uplink parent 1: prio {prio}"]),
+                f"filter add dev uplink parent 1: prio {prio} protocol ip u32 match ip src {link.router}/32 "
+                f"flowid {cls}",
+            ]
+        elif not fresh:
+            out += [f"filter del dev uplink parent 1: prio {prio}", f"class del dev uplink classid {cls}"]
     else:
-        _run(["tc", "-n", ns, "qdisc", "del", "dev", ifname, "root"], check=False)
+        ifb = f"i{link.far_if}"
+        if rate:
+            out += [
+                *([] if fresh else [f"qdisc del dev {link.far_if} ingress"]),
+                f"qdisc add dev {link.far_if} handle ffff: ingress",
+                f"filter add dev {link.far_if} parent ffff: protocol all prio 1 u32 match u32 0 0 "
+                f"action mirred egress redirect dev {ifb}",
+                f"qdisc replace dev {ifb} root {' '.join(tbf_args(rate, buffer_ms))}",
+            ]
+        elif not fresh:
+            out += [f"qdisc del dev {link.far_if} ingress", f"qdisc del dev {ifb} root"]
+    return out
 
 
 def _shape_all(state: dict[str, Any], lp: LabPlan, *, fresh: bool = False) -> None:
-    """Put every link's cap and buffer in place: one `tc -batch` per namespace, a few namespaces at a time.
-
-    `fresh`: the links were just made and have no root qdisc, so an uncapped one needs no `del`.
-    """
+    """Put every link's caps and buffers in place: one `tc -batch` per namespace, a few at a time."""
     lines: dict[str, list[str]] = {}
-    for ln in _links(lp):
-        for direction, ns, ifname in (("down", ln.down_ns, ln.down_if), ("up", ln.up_ns, ln.up_if)):
-            rate, buffer_ms = _shape(state, lp, ln.key, direction)
-            if rate:
-                tbf = " ".join(tbf_args(rate, buffer_ms))
-                lines.setdefault(ns, []).append(f"qdisc replace dev {ifname} root {tbf}")
-            elif not fresh:
-                lines.setdefault(ns, []).append(f"qdisc del dev {ifname} root")
+    for link in _links(lp):
+        lines.setdefault(link.ns, []).extend(_shape_lines(state, link, fresh=fresh))
+    _tc_batches(lines)
+
+
+# A kecamatan's `uplink` holds one htb whose classes are its villages' caps toward the NOC; packets of no
+# class (the kecamatan's own) pass uncapped. Adding it where it exists fails harmlessly.
+HTB_ROOT = "qdisc add dev uplink root handle 1: htb"
+
+
+def _tc_batches(lines: dict[str, list[str]]) -> None:
+    """Run `tc -force -batch` in each namespace (eight at a time); only a failed ` del ` line (nothing was
+    there to delete) or HTB_ROOT (it is there already) is expected."""
+    lines = {
+        ns: ([HTB_ROOT] if any("dev uplink parent 1:" in ln for ln in ls) else []) + ls for ns, ls in lines.items()
+    }
     running: list[tuple[str, subprocess.Popen[str]]] = []
 
     def reap(limit: int) -> None:
@@ -683,13 +803,15 @@ def _shape_all(state: dict[str, Any], lp: LabPlan, *, fresh: bool = False) -> No
             assert proc.stderr is not None
             err = proc.stderr.read()
             proc.wait()
-            # -force goes on past a failed line and names it ("Command failed -:N"); only a failed `del` (an
-            # uncapped link that had no cap) is expected.
+            # -force goes on past a failed line and names it ("Command failed -:N").
             failed = [int(m) for m in re.findall(r"Command failed -:(\d+)", err)]
-            if any(not lines[ns][n - 1].startswith("qdisc del") for n in failed) or (proc.returncode and not failed):
+            expected = [" del " in lines[ns][n - 1] or lines[ns][n - 1] == HTB_ROOT for n in failed]
+            if not all(expected) or (proc.returncode and not failed):
                 raise LabError(f"tc in {ns} failed: {err.strip()}")
 
     for ns, ls in lines.items():
+        if not ls:
+            continue
         proc = subprocess.Popen(
             ["tc", "-force", "-n", ns, "-batch", "-"],
             stdin=subprocess.PIPE,
@@ -794,3 +916,17 @@ def exec_argv(command: list[str], prefix: str | None = None) -> list[str]:
     if state is None:
         raise LabError("the lab is not up: run `desanet lab up` first")
     return ["ip", "netns", "exec", state["plan"]["noc_ns"], *command]
+
+
+def exec_env(environ: Mapping[str, str], prefix: str | None = None) -> dict[str, str]:
+    """The environment for a command run in the lab: `environ` plus the lab's secrets it does not set itself.
+
+    A value the caller set wins (to try a wrong community on purpose); an unset one gets what the lab's
+    agents accept, so `desanet lab exec -- desanet check VILLAGE` works in a fresh shell.
+    """
+    state = load_state(prefix) or {}
+    env = dict(environ)
+    for name, value in state.get("secrets_env", {}).items():
+        if not env.get(name):
+            env[name] = value
+    return env

@@ -8,10 +8,8 @@ cd "$(dirname "$0")/.."
 EXTRAS=test ./scripts/setup.sh
 . .venv/bin/activate
 
-# The lab's SNMP agents accept the same secrets the probes use; the inventory references them by name.
-export DESANET_SNMP_COMMUNITY=${DESANET_SNMP_COMMUNITY:-desanet-lab}
-export DESANET_SNMP_AUTH_KEY=${DESANET_SNMP_AUTH_KEY:-desanet-lab-auth}
-export DESANET_SNMP_PRIV_KEY=${DESANET_SNMP_PRIV_KEY:-desanet-lab-priv}
+# The inventory references its SNMP secrets by name; with none exported, `lab up` gives its agents lab-only
+# values (and says so) and `desanet lab exec` passes them to what it runs, so nothing needs exporting here.
 
 desanet lab up
 desanet lab impair pesanggaran --restore --delay 60 --jitter 50 --up-delay 10     # a congested last mile
