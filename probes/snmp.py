@@ -10,7 +10,9 @@ How a poll goes (libs.md §1 has the measurements behind these choices; bench/sn
 - The first poll of an agent walks: each table by a multi-column GETBULK bounded to its subtree (the
   equivalent of `lexicographicMode=False`), two side by side, the interfaces (with sysUpTime and ifNumber
   as non-repeaters) and the MikroTik optical table, each asking for one row more than the agent had last
-  time. ENTITY-SENSOR-MIB is walked only when the MikroTik table is empty.
+  time. ENTITY-SENSOR-MIB is walked only when the MikroTik table is empty, and ifTable's ifDescr, ifSpeed
+  and 32-bit octet counters only when ifXTable lacks a row's name, speed or 64-bit counters (both side by
+  side). Optics are tied to ports by name; 32-bit counters are carried past their wraps per agent.
 - Later polls GET exactly the instances that walk returned (sysUpTime.0, ifNumber.0, then row by row),
   in `max_varbinds`-sized PDUs sent side by side, so nothing past a table's end is read or decoded. The
   agent is walked again when sysUpTime went back (a restart), ifNumber changed, any instance answers
