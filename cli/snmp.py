@@ -37,10 +37,11 @@ def _rx(optic: OpticRow) -> str:
 
 
 def _no_optics(result: SnmpResult) -> str:
-    if result.sensor_rows:
+    n = result.sensor_rows
+    if n:
         return (
-            f"no optical transceiver found: ENTITY-SENSOR-MIB has {result.sensor_rows} sensors, none of them an "
-            "optical power reading desanet recognises (the MIKROTIK-MIB optical table is empty)"
+            f"no optical transceiver found: ENTITY-SENSOR-MIB has {n} sensor{'s' if n != 1 else ''}, but no "
+            "optical power reading desanet recognises (and the MIKROTIK-MIB optical table is empty)"
         )
     return "no optical transceiver reported (MIKROTIK-MIB optical table and ENTITY-SENSOR-MIB empty)"
 

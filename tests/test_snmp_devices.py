@@ -191,7 +191,7 @@ def test_sensors_that_are_not_optics_are_named_as_such(tmp_path: Path) -> None:
             env={**os.environ, "DESANET_SNMP_COMMUNITY": COMMUNITY, "COLUMNS": "200"},
         )
     assert p.returncode == 0, p.stderr
-    assert "ENTITY-SENSOR-MIB has 1 sensors, none of them an optical power reading" in p.stdout, p.stdout
+    assert "ENTITY-SENSOR-MIB has 1 sensor, but no optical power reading" in p.stdout, p.stdout
     assert "ENTITY-SENSOR-MIB empty" not in p.stdout
 
 
