@@ -8,11 +8,14 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from desanet.district import InventoryError, default_inventory_path, load_inventory
+
+if TYPE_CHECKING:
+    from desanet.exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger("desanet.serve")
 
@@ -57,8 +60,18 @@ def register(app: typer.Typer) -> None:
         unknown = enable - {"icmp", "snmp", "stamp", "trace", "throughput"}
         if unknown:
             raise typer.BadParameter(f"unknown probes: {', '.join(sorted(unknown))}")
+        from desanet.exporter.server import parse_listen
+        from desanet.exporter.webconfig import WebConfigError, WebConfigWatcher
+
+        # Every setting is checked before a probe runs: a broken web config or address refuses in one line.
         try:
-            asyncio.run(_serve(path, inv, listen, str(web_config) if web_config else None, _shard(shard), enable))
+            parse_listen(listen)
+            web = WebConfigWatcher(web_config) if web_config else None
+        except (ValueError, WebConfigError) as exc:
+            typer.echo(f"desanet serve: {exc}", err=True)
+            raise typer.Exit(1) from None
+        try:
+            asyncio.run(_serve(path, inv, listen, web, _shard(shard), enable))
         except PermissionError as exc:
             typer.echo(f"desanet serve: {exc} (ICMP needs CAP_NET_RAW or net.ipv4.ping_group_range)", err=True)
             raise typer.Exit(2) from None
@@ -68,16 +81,15 @@ def register(app: typer.Typer) -> None:
 
 
 async def _serve(
-    path: Path, inv: object, listen: str, web_config: str | None, shard: tuple[int, int], enable: set[str]
+    path: Path, inv: object, listen: str, web: WebConfigWatcher | None, shard: tuple[int, int], enable: set[str]
 ) -> None:
     from importlib.metadata import version
 
     from desanet.exporter.scheduler import Monitor
-    from desanet.exporter.server import App, ReloadState, serve_http
+    from desanet.exporter.server import App, ReloadState, serve_http, start_serving
 
     loop = asyncio.get_running_loop()
     monitor = Monitor(inv, shard=shard, enable=enable)  # type: ignore[arg-type]
-    await monitor.start()
     state = ReloadState()
 
     def reload() -> str | None:
@@ -101,8 +113,14 @@ async def _serve(
         ver = version("desanet")
     except Exception:
         ver = "dev"
-    app = App(monitor, loop, reload, state, web_config, ver, inv.district)  # type: ignore[attr-defined]
-    httpd = serve_http(app, listen, web_config)
+    app = App(monitor, loop, reload, state, web, ver, inv.district)  # type: ignore[attr-defined]
+    httpd = serve_http(app, listen, web)  # bound before the first probe: a taken port sends nothing
+    try:
+        await monitor.start()
+    except BaseException:
+        httpd.server_close()
+        raise
+    start_serving(httpd, listen)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,6 +130,7 @@ async def _serve(
         await stop.wait()
     finally:
         httpd.shutdown()
+        httpd.server_close()
         with contextlib.suppress(Exception):
             await monitor.stop()
         log.info("stopped")

@@ -28,6 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from desanet.district import Inventory, SecretError, Village, resolve_secret
+from desanet.exporter.admission import Busy
 from desanet.exporter.exposition import Exposition
 from desanet.exporter.metrics import SPECS, render_village
 from desanet.exporter.state import VillageState
@@ -288,6 +289,7 @@ class Monitor:
             except (SecretError, ValueError) as exc:
                 vs.status("snmp").record(False, 0.0, str(exc))
                 vs.log("snmp", False, str(exc))
+                log.warning("probe failed", extra={"village": vs.slug, "probe": "snmp", "reason": str(exc)})
                 continue
             if settings is not None:
                 items.append((vs, settings))
@@ -303,6 +305,7 @@ class Monitor:
                 vs.log("snmp", True, f"{len(r.interfaces)} interfaces, uptime {r.uptime_seconds:.0f} s")
             else:
                 vs.log("snmp", False, r.error or "failed")
+                log.warning("probe failed", extra={"village": vs.slug, "probe": "snmp", "reason": r.error or "failed"})
 
     # ------------------------------------------------------------------------------------------ periodic
     async def _periodic_loop(self) -> None:
@@ -404,7 +407,7 @@ class Monitor:
 
     async def _run_throughput(self, vs: VillageState) -> str:
         from desanet.budget import Refused, acquire_test_slot
-        from desanet.probes.throughput import ThroughputSettings, probe
+        from desanet.probes.throughput import ThroughputSettings
 
         endpoint = vs.village.iperf3_address()
         assert endpoint is not None
@@ -414,10 +417,10 @@ class Monitor:
             with acquire_test_slot(self.inventory, vs.village, now) as slot:
                 max_seconds, max_bytes = slot.caps(2)
                 settings = ThroughputSettings(port=port, direction="both", max_seconds=max_seconds, max_bytes=max_bytes)
-                r = await probe(addr, settings)
-                spent = sum(d.bytes for d in (r.down, r.up) if d is not None)
-                secs = sum(d.seconds for d in (r.down, r.up) if d is not None)
-                slot.charge(spent, secs)
+                try:
+                    r = await slot.measure(addr, settings)
+                finally:
+                    vs.throughput_bytes += slot.charged_bytes  # failed and cancelled tests cost bytes too
         except Refused as exc:
             vs.next_due["throughput"] = time.monotonic() + REFUSED_RETRY_SECONDS
             return f"not run: {exc}"
@@ -425,13 +428,29 @@ class Monitor:
         for direction, d in (("down", r.down), ("up", r.up)):
             if d is not None:
                 vs.throughput[direction] = (d, ts)
-        vs.throughput_bytes += spent
         parts = [f"{k} {d.bits_per_second / 1e6:.2f} Mbit/s" for k, d in (("down", r.down), ("up", r.up)) if d]
         return ", ".join(parts)
 
     # ------------------------------------------------------------------------------------------ on demand
-    async def probe_now(self, slug: str, module: str) -> Any:
-        """One probe of one village, for /probe: same probes, same settings as the schedule."""
+    async def probe_on_demand(self, slug: str, module: str, wait_seconds: float) -> Any:
+        """probe_now within the schedule's concurrency limits: a STAMP or trace waits at most `wait_seconds`
+        for one of the slots the scheduled probes share, then raises Busy instead of adding to the load."""
+        sem = {"stamp": self._stamp_sem, "trace": self._trace_sem}.get(module)
+        if sem is None:
+            return await self.probe_now(slug, module)
+        try:
+            async with asyncio.timeout(max(0.0, wait_seconds)):
+                await sem.acquire()
+        except TimeoutError:
+            raise Busy(f"every {module} slot is in use (the schedule's limit) for {wait_seconds:.1f} s") from None
+        try:
+            return await self.probe_now(slug, module)
+        finally:
+            sem.release()
+
+    async def probe_now(self, slug: str, module: str, origin: str = "on-demand") -> Any:
+        """One probe of one village, for /probe: same probes, same settings as the schedule. A throughput test
+        is on-demand (its own allowance and rate limit); its refusal raises desanet.budget.Refused."""
         vs = self.villages.get(slug)
         village = vs.village if vs else self.inventory.village(slug)
         if module == "icmp":
@@ -457,19 +476,24 @@ class Monitor:
 
             return await trace_probe(village.address, TraceSettings())
         if module == "throughput":
-            from desanet.budget import acquire_test_slot
-            from desanet.probes.throughput import ThroughputSettings
-            from desanet.probes.throughput import probe as tp_probe
-
-            ep = village.iperf3_address()
-            if ep is None:
-                raise ValueError(f"{slug} has no iperf3 server in the inventory")
-            now = datetime.now(ZoneInfo(self.inventory.timezone))
-            with acquire_test_slot(self.inventory, village, now) as slot:
-                max_seconds, max_bytes = slot.caps(2)
-                r = await tp_probe(
-                    ep[0], ThroughputSettings(port=ep[1], max_seconds=min(3.0, max_seconds), max_bytes=max_bytes)
-                )
-                slot.charge(sum(d.bytes for d in (r.down, r.up) if d), sum(d.seconds for d in (r.down, r.up) if d))
-            return r
+            return await self._throughput_now(village, vs, origin)
         raise ValueError(f"unknown module {module!r}")
+
+    async def _throughput_now(self, village: Village, vs: VillageState | None, origin: str) -> Any:
+        """An on-demand throughput test: off unless the inventory enables it; its own allowance, its own caps."""
+        from desanet.budget import acquire_test_slot
+        from desanet.probes.throughput import ThroughputSettings
+
+        ep = village.iperf3_address()
+        if ep is None and self.inventory.settings.throughput.on_demand.enabled:
+            raise ValueError(f"{village.slug} has no iperf3 server in the inventory")
+        now = datetime.now(ZoneInfo(self.inventory.timezone))
+        with acquire_test_slot(self.inventory, village, now, on_demand=True, origin=origin) as slot:
+            assert ep is not None  # refused above when on-demand tests are off
+            max_seconds, max_bytes = slot.caps(2)
+            settings = ThroughputSettings(port=ep[1], max_seconds=max_seconds, max_bytes=max_bytes)
+            try:
+                return await slot.measure(ep[0], settings)
+            finally:
+                if vs is not None:
+                    vs.throughput_bytes += slot.charged_bytes

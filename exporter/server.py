@@ -1,24 +1,32 @@
 """HTTP for the exporter: /metrics, /probe, /, /-/healthy, /-/reload, behind --web.config.file.
 
-The stdlib threading server is enough here (a few scrapes a minute and a status page) and keeps the HTTP
-work off the probing event loop: a scrape renders in its own thread, so a slow client never delays an echo.
+The stdlib threading server keeps the HTTP work off the probing event loop: a scrape renders in its own
+thread, so a slow client never delays an echo. What keeps it standing under a flood (measured in
+tests/test_load_lab.py: 1,000 concurrent scrapes and 100 /probe requests): a listen queue as deep as the
+kernel allows, keep-alive, one render shared by all concurrent scrapes (Coalesced), a cap on connection
+threads, and an admission check (admission.py) before any on-demand probe sends a packet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gzip
 import itertools
 import logging
-import os
+import math
+import resource
+import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,17 +34,30 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from desanet.budget import Refused
+from desanet.exporter.admission import Admission, Busy, Refusal
 from desanet.exporter.probe_metrics import probe_succeeded, render_probe
 from desanet.exporter.scheduler import Monitor
 from desanet.exporter.statuspage import render_index, render_village_page
-from desanet.exporter.webconfig import Authenticator, WebConfig, WebConfigError, parse_web_config
+from desanet.exporter.webconfig import Authenticator, WebConfig, WebConfigWatcher
 from desanet.probes.icmp import LATENESS_BUCKETS_SECONDS
 
 log = logging.getLogger("desanet.server")
+T = TypeVar("T")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HTML = "text/html; charset=utf-8"
 MODULES = ("icmp", "stamp", "throughput", "snmp", "trace")
 MODULE_TIMEOUT = {"icmp": 10.0, "stamp": 10.0, "snmp": 10.0, "trace": 25.0, "throughput": 30.0}
+# How long a module's probe itself runs: the rest of the timeout may be spent waiting for a scheduled slot.
+MODULE_RUN_SECONDS = {"stamp": 3.5, "trace": 20.0}
 TIMEOUT_OFFSET = 0.5  # as blackbox_exporter's --timeout-offset
+GZIP_MIN_BYTES = 4096
+NEW_CONNECTION_GATE = 4  # first requests of new connections handled at once (Handler._enter_gate)
+MAX_CONNECTIONS = 2048  # connection threads at once; beyond, a new connection gets OVERLOADED and is closed
+OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: 36\r\n\r\nToo many connections; retry shortly\n"
+)
 
 
 class ReloadState:
@@ -101,29 +122,112 @@ class SelfCollector(Collector):
             yield g
 
 
+class Coalesced(Generic[T]):
+    """Concurrent callers share one run of `fn`, and each gets a run that started after it arrived.
+
+    1,000 scrapes at once cost two renders rather than 1,000, and a reload asked for while another is being
+    read still re-reads the file. Hand-written: functools.cache never expires and futures have no
+    "next run" (singleflight in Go's x/sync is the nearest thing, and it shares a run already under way)."""
+
+    def __init__(self, fn: Callable[[], T]):
+        self._fn = fn
+        self._cond = threading.Condition()
+        self._started = 0
+        self._finished = 0
+        self._running = False
+        self._result: tuple[bool, Any] = (True, None)
+
+    def __call__(self) -> T:
+        with self._cond:
+            target = self._started + 1
+            while self._finished < target:
+                if not self._running and self._started < target:
+                    self._started += 1
+                    self._running = True
+                    self._cond.release()
+                    try:
+                        result: tuple[bool, Any] = (True, self._fn())
+                    except Exception as exc:
+                        result = (False, exc)
+                    finally:
+                        self._cond.acquire()
+                        self._running = False
+                    self._result, self._finished = result, self._started
+                    self._cond.notify_all()
+                else:
+                    self._cond.wait()
+            ok, value = self._result
+        if not ok:
+            raise value
+        return cast(T, value)
+
+
+@dataclass(frozen=True)
+class Body:
+    """A response body and, when worth it, its gzip form, made once and sent to every client that shares it."""
+
+    data: bytes
+    gz: bytes | None
+
+    @classmethod
+    def of(cls, text: str) -> Body:
+        data = text.encode()
+        return cls(data, gzip.compress(data, compresslevel=1) if len(data) > GZIP_MIN_BYTES else None)
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "desanet"
-    timeout = 30  # seconds a client may stay silent (handshake, request) before its thread gives up
+    # Keep-alive, as Prometheus scrapes: a scraper's connection is already served while a burst of new ones
+    # waits in the listen queue. Every response carries Content-Length, which HTTP/1.1 needs.
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may stay silent (handshake, request, keep-alive) before its thread gives up
+    # Headers and body leave in two writes; with Nagle on, a kept-alive client's delayed ACK held the body
+    # back 40 ms on every scrape. Go's net/http sets TCP_NODELAY too.
+    disable_nagle_algorithm = True
     app: App  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 
+    def setup(self) -> None:
+        super().setup()
+        self._requests = 0
+        self._in_gate = False
+
+    def handle(self) -> None:
+        conn = self.connection
+        if isinstance(conn, ssl.SSLSocket):
+            # The handshake runs here, in the connection's own thread, under its timeout; a failure is the
+            # client's (a plain-HTTP request, an unknown CA, a port scan), so one line, not a traceback.
+            try:
+                conn.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.info(
+                    "TLS handshake failed",
+                    extra={"peer": _peer(self.client_address), "reason": _reason(exc)},
+                )
+                return
+        super().handle()
+
     def _send(
         self,
         status: int,
-        body: bytes | str,
+        body: bytes | str | Body,
         ctype: str = "text/plain; charset=utf-8",
         headers: dict[str, str] | None = None,
     ) -> None:
-        data = body.encode() if isinstance(body, str) else body
-        if len(data) > 4096 and "gzip" in (self.headers.get("Accept-Encoding") or ""):
-            data = gzip.compress(data, compresslevel=1)
-            headers = {**(headers or {}), "Content-Encoding": "gzip"}
+        if not isinstance(body, Body):
+            body = Body.of(body) if isinstance(body, str) else Body(body, None)
+        data = body.data
+        headers = dict(headers or {})
+        if body.gz is not None and "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            data = body.gz
+            headers["Content-Encoding"] = "gzip"
+        self._leave_gate()  # a client slow to read its answer holds its own thread, not the gate
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -139,32 +243,68 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    def _enter_gate(self) -> None:
+        """The first request of a connection waits its turn at the server's gate; requests on a kept-alive
+        connection (a Prometheus that scrapes) go straight through. A flood of new connections then has at
+        most NEW_CONNECTION_GATE threads contending for the interpreter at once, instead of 1,000, and a
+        scraper's request is answered in milliseconds while the flood is worked through in order."""
+        self._requests += 1
+        if self._requests == 1:
+            self.server.gate.acquire()  # type: ignore[attr-defined]
+            self._in_gate = True
+
+    def _leave_gate(self) -> None:
+        if self._in_gate:
+            self._in_gate = False
+            self.server.gate.release()  # type: ignore[attr-defined]
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        """A bug in one request is that request's 500 and one log line; the server and the probes go on."""
+        self._enter_gate()
+        try:
+            fn()
+        except (BrokenPipeError, ConnectionError, TimeoutError, ssl.SSLError):
+            self.close_connection = True
+        except Exception as exc:
+            log.error("request failed", extra={"path": self.path[:200], "reason": _reason(exc)})
+            self.close_connection = True
+            with contextlib.suppress(Exception):
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error; see the exporter's log\n")
+        finally:
+            self._leave_gate()
+
+    def _get(self) -> None:
         if not self._authorized():
             return
         url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        try:
-            if url.path == "/metrics":
-                self._send(HTTPStatus.OK, self.app.metrics(), CONTENT_TYPE)
-            elif url.path == "/probe":
-                self._probe(query)
-            elif url.path == "/":
-                self._send(
-                    HTTPStatus.OK, self.app.status_page(query.get("village", [None])[0]), "text/html; charset=utf-8"
-                )
-            elif url.path == "/-/healthy":
-                self._send(HTTPStatus.OK, "Healthy\n")
-            elif url.path == "/-/ready":
-                ok = self.app.monitor.ready.is_set()
-                self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "Ready\n" if ok else "Starting\n")
-            elif url.path == "/-/reload":
-                self._send(HTTPStatus.METHOD_NOT_ALLOWED, "Only POST is allowed here.\n", headers={"Allow": "POST"})
-            else:
-                self._send(HTTPStatus.NOT_FOUND, "Not found\n")
-        except BrokenPipeError:
-            pass
+        query = parse_qs(url.query, keep_blank_values=True)
+        if url.path == "/metrics":
+            self._send(HTTPStatus.OK, self.app.metrics_body(), CONTENT_TYPE)
+        elif url.path == "/probe":
+            self._probe(query)
+        elif url.path == "/":
+            self._send(HTTPStatus.OK, self.app.status_body(next(iter(query.get("village") or []), None)), HTML)
+        elif url.path == "/-/healthy":
+            self._send(HTTPStatus.OK, "Healthy\n")
+        elif url.path == "/-/ready":
+            ok = self.app.monitor.ready.is_set()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "Ready\n" if ok else "Starting\n")
+        elif url.path == "/-/reload":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, "Only POST is allowed here.\n", headers={"Allow": "POST"})
+        else:
+            self._send(HTTPStatus.NOT_FOUND, "Not found\n")
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= 65536:
+            self.rfile.read(int(length))  # unused, but read, so a kept-alive connection stays in step
+        elif length or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
         if not self._authorized():
             return
         if urlsplit(self.path).path != "/-/reload":
@@ -180,7 +320,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _probe(self, query: dict[str, list[str]]) -> None:
         target = (query.get("target") or [""])[0]
-        module = (query.get("module") or ["icmp"])[0]
+        module = (query.get("module") or ["icmp"])[0]  # absent: icmp; present but empty: refused below
         if module not in MODULES:
             self._send(HTTPStatus.BAD_REQUEST, f"Unknown module {module!r}; one of {', '.join(MODULES)}\n")
             return
@@ -193,14 +333,51 @@ class Handler(BaseHTTPRequestHandler):
                 f"Unknown target {target!r}: /probe answers only for village slugs in the inventory\n",
             )
             return
-        header = self.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
         timeout = MODULE_TIMEOUT[module]
-        try:
-            if header:
-                timeout = min(timeout, max(0.5, float(header) - TIMEOUT_OFFSET))
-        except ValueError:
-            pass
-        self._send(HTTPStatus.OK, self.app.probe(target, module, timeout), CONTENT_TYPE)
+        with contextlib.suppress(ValueError):
+            scrape = float(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds") or "nan")
+            if math.isfinite(scrape):
+                timeout = min(timeout, max(0.5, scrape - TIMEOUT_OFFSET))
+        self._leave_gate()  # waiting seconds for a probe's result costs no interpreter time
+        outcome = self.app.probe(target, module, timeout)
+        if isinstance(outcome, Refusal):
+            retry = {"Retry-After": outcome.retry_after} if outcome.status != HTTPStatus.FORBIDDEN else None
+            self._send(outcome.status, outcome.reason + "\n", headers=retry)
+        else:
+            self._send(HTTPStatus.OK, outcome, CONTENT_TYPE)
+
+
+def budget_refusal(exc: Refused) -> Refusal:
+    """The HTTP answer to a throughput test the budget refused, with the budget's words as the body.
+
+    Not blackbox's probe_success 0: a refusal measured nothing, and a 0 would read as a failed link. 403 when
+    the inventory does not allow on-demand tests (asking again will not help); 429 over the village's
+    on-demand allowance, rate or daily budget (RFC 6585); 503 while the uplink is busy or a session runs;
+    500 when the ledger needs a person. Prometheus shows the status as the scrape's error (up 0)."""
+    status = {
+        "disabled": HTTPStatus.FORBIDDEN,
+        "uplink_busy": HTTPStatus.SERVICE_UNAVAILABLE,
+        "session": HTTPStatus.SERVICE_UNAVAILABLE,
+        "ledger": HTTPStatus.INTERNAL_SERVER_ERROR,
+    }.get(exc.reason, HTTPStatus.TOO_MANY_REQUESTS)
+    return Refusal(int(status), exc.retry_after if exc.retry_after is not None else 60.0, f"refused: {exc}")
+
+
+def _peer(addr: Any) -> str:
+    try:
+        return f"{addr[0]}:{addr[1]}"
+    except (TypeError, IndexError):
+        return str(addr)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a log: OpenSSL's reason, the errno's words, or the exception's first line."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class App:
@@ -210,42 +387,41 @@ class App:
         loop: asyncio.AbstractEventLoop,
         reload_fn: Callable[[], str | None],
         reload_state: ReloadState,
-        web_config: str | None,
+        web: WebConfigWatcher | None,
         version: str,
         district: str,
     ):
         self.monitor = monitor
         self.loop = loop
-        self.reload = reload_fn
+        self.reload = Coalesced(reload_fn)  # concurrent POSTs share a reload that started after they came
         self.reload_state = reload_state
-        self.web_config_path = web_config
-        self._web: tuple[float, Authenticator] | None = None
-        self._web_lock = threading.Lock()
+        self.web = web
+        self.admission = Admission()
         self.registry = CollectorRegistry(auto_describe=False)
         from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
         for c in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(c)
         self.registry.register(SelfCollector(monitor, reload_state, version))
+        self.registry.register(HttpCollector(self))
         self.district = district
+        self.metrics_body = Coalesced(lambda: Body.of(self.metrics()))
+        self._status: dict[str | None, Coalesced[Body]] = {}
+        self._status_lock = threading.Lock()
 
     def auth(self) -> Authenticator:
-        if not self.web_config_path:
-            return _OPEN
-        # Re-read when the file changes, as exporter-toolkit does: certificates and passwords rotate.
-        mtime = os.stat(self.web_config_path).st_mtime
-        with self._web_lock:
-            if self._web is None or self._web[0] != mtime:
-                try:
-                    self._web = (mtime, Authenticator(parse_web_config(self.web_config_path)))
-                except WebConfigError as exc:
-                    log.error("web config not reloaded: %s", exc)
-                    if self._web is None:
-                        raise
-            return self._web[1]
+        return self.web.current().auth if self.web is not None else _OPEN
 
     def metrics(self) -> str:
         return self.monitor.render() + generate_latest(self.registry).decode()
+
+    def status_body(self, village: str | None) -> Body:
+        key = village if village in self.monitor.villages else None  # one render per page, however many ask
+        with self._status_lock:
+            render = self._status.get(key)
+            if render is None:
+                render = self._status[key] = Coalesced(lambda: Body.of(self.status_page(key)))
+        return render()
 
     def status_page(self, village: str | None) -> str:
         if village and village in self.monitor.villages:
@@ -254,26 +430,73 @@ class App:
             list(self.monitor.villages.values()), self.district, self.monitor.started, self.reload_state.successful
         )
 
-    def probe(self, slug: str, module: str, timeout: float) -> str:
+    def probe(self, slug: str, module: str, timeout: float) -> str | Refusal:
+        """One on-demand probe within the admission limits, or the refusal that says why not."""
         t0 = time.monotonic()
-        fut = asyncio.run_coroutine_threadsafe(self.monitor.probe_now(slug, module), self.loop)
+        refusal = self.admission.admit(slug, module, t0)
+        if refusal is not None:
+            log.debug("on-demand probe refused", extra={"village": slug, "probe": module, "reason": refusal.reason})
+            return refusal
+        try:
+            return self._probe(slug, module, timeout, t0)
+        except Busy as exc:
+            return self.admission.busy(slug, module, exc)
+        except Refused as exc:  # a throughput test the budget would not start: nothing was sent
+            return self.admission.refund(slug, module, budget_refusal(exc), exc.reason)
+        finally:
+            self.admission.done()
+
+    def _probe(self, slug: str, module: str, timeout: float, t0: float) -> str:
+        wait = max(0.0, timeout - MODULE_RUN_SECONDS.get(module, timeout))
+        fut = asyncio.run_coroutine_threadsafe(self.monitor.probe_on_demand(slug, module, wait), self.loop)
         vs = self.monitor.villages.get(slug)
         try:
             result = fut.result(timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             if vs:
-                vs.log(f"probe:{module}", False, f"timed out after {timeout:.1f} s")
+                vs.log(f"probe:{module}", False, f"timed out after {timeout:.1f} s", on_demand=True)
             return render_probe(module, None, False, time.monotonic() - t0)
+        except (Busy, Refused):
+            raise
         except Exception as exc:
             if vs:
-                vs.log(f"probe:{module}", False, f"{type(exc).__name__}: {exc}")
+                vs.log(f"probe:{module}", False, f"{type(exc).__name__}: {exc}", on_demand=True)
             log.warning("on-demand probe failed", extra={"village": slug, "probe": module, "reason": str(exc)})
             return render_probe(module, None, False, time.monotonic() - t0)
         ok = probe_succeeded(module, result)
         if vs:
-            vs.log(f"probe:{module}", ok, "on demand")
+            vs.log(f"probe:{module}", ok, "on demand", on_demand=True)
         return render_probe(module, result, ok, time.monotonic() - t0)
+
+
+class HttpCollector(Collector):
+    """The HTTP side's own defences, so an operator sees them work: refusals, reloads of the web config."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def collect(self) -> Any:
+        c = CounterMetricFamily(
+            "desanet_probe_requests_refused",
+            "On-demand /probe requests refused: rate (over the village's allowance), busy (every slot in use), or "
+            "for module throughput the budget's reason (disabled, on_demand_budget, budget, rate_limit, uplink_busy, "
+            "session, ledger).",
+            labels=["module", "reason"],
+        )
+        for (module, reason), n in sorted(self.app.admission.refused.items()):
+            c.add_metric([module, reason], n)
+        yield c
+        web = self.app.web
+        if web is not None:
+            c = CounterMetricFamily(
+                "desanet_web_config_reloads",
+                "Changes of --web.config.file or its certificate files picked up (success) or refused (failure).",
+                labels=["result"],
+            )
+            c.add_metric(["success"], web.reloads)
+            c.add_metric(["failure"], web.failures)
+            yield c
 
 
 class _Open(Authenticator):
@@ -288,20 +511,90 @@ _OPEN = _Open()
 
 
 def parse_listen(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
+    """`host:port`, `:port` or `[v6]:port`; a ValueError with the reason otherwise."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--web.listen-address {addr!r}: write HOST:PORT or :PORT, e.g. :9917")
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
-def serve_http(app: App, listen: str, web_config: str | None) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """The stdlib threading server with the limits a monitor on a village network needs."""
+
+    daemon_threads = True
+    # The stdlib's 5 overflowed at once under 1,000 concurrent scrapes (682 resets); the kernel caps this at
+    # net.core.somaxconn (4096 since Linux 5.4), as Go's net/http takes it.
+    request_queue_size = 4096
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[Handler], web: WebConfigWatcher | None):
+        self.web = web
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.gate = threading.Semaphore(NEW_CONNECTION_GATE)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        if self.web is not None and self.web.tls:
+            # Each connection gets the context current now, so a renewed certificate serves the next client
+            # without a restart. The handshake itself runs in the connection's thread (Handler.handle).
+            ctx = self.web.current().ssl_context
+            assert ctx is not None
+            try:
+                sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ssl.SSLError):
+                sock.close()
+                raise
+        return sock, addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Past MAX_CONNECTIONS threads a new connection is turned away at once: memory stays bounded and
+            # kept-alive connections (the Prometheus that scrapes) keep being served.
+            with contextlib.suppress(OSError):
+                if not isinstance(request, ssl.SSLSocket):
+                    request.sendall(OVERLOADED)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line per failed connection (the stdlib prints a traceback to stderr)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError | ssl.SSLError):
+            log.debug("connection failed", extra={"peer": _peer(client_address), "reason": _reason(exc)})
+        elif exc is not None:
+            log.error("connection failed", extra={"peer": _peer(client_address), "reason": _reason(exc)})
+
+
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, as Go programs do at start: systemd's soft 1024 would make
+    accept() fail with EMFILE under MAX_CONNECTIONS concurrent clients long before the hard 524288."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
+def serve_http(app: App, listen: str, web: WebConfigWatcher | None) -> Server:
+    """Bind now (a taken port fails before any probe runs); serve requests once start_serving is called."""
+    raise_open_files_limit()
     handler = type("BoundHandler", (Handler,), {"app": app})
-    host, port = parse_listen(listen)
-    httpd = ThreadingHTTPServer((host, port), handler)
-    httpd.daemon_threads = True
-    if web_config:
-        cfg = parse_web_config(web_config)
-        if cfg.tls:
-            # Handshake in the request's own thread: done in accept(), one silent client would stall them all.
-            httpd.socket = cfg.ssl_context().wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+    return Server(parse_listen(listen), handler, web)
+
+
+def start_serving(httpd: Server, listen: str) -> None:
     threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
-    log.info("listening", extra={"address": listen, "tls": bool(web_config and Path(web_config).exists())})
-    return httpd
+    log.info("listening", extra={"address": listen, "tls": bool(httpd.web and httpd.web.tls)})

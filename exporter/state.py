@@ -34,6 +34,7 @@ RTT_BUCKETS: tuple[float, ...] = (
 )
 LOG_KEEP_OK = 20
 LOG_KEEP_FAILED = 50  # failures outlive successes, as in blackbox_exporter's history
+LOG_KEEP_ON_DEMAND = 20  # /probe results apart, so a burst of requests cannot push scheduled failures out
 
 
 @dataclass
@@ -96,6 +97,7 @@ class VillageState:
     probes: dict[str, ProbeStatus] = field(default_factory=dict)
     ok_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_OK))
     failed_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_FAILED))
+    on_demand_log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_KEEP_ON_DEMAND))
     next_session: tuple[Session, datetime] | None = None
     profiles: list[Profile] = field(default_factory=list)
     next_due: dict[str, float] = field(default_factory=dict)  # probe -> monotonic due time
@@ -111,12 +113,15 @@ class VillageState:
     def status(self, probe: str) -> ProbeStatus:
         return self.probes.setdefault(probe, ProbeStatus())
 
-    def log(self, probe: str, ok: bool, message: str) -> None:
+    def log(self, probe: str, ok: bool, message: str, *, on_demand: bool = False) -> None:
         entry = LogEntry(time.time(), probe, ok, message)
-        (self.ok_log if ok else self.failed_log).append(entry)
+        if on_demand:
+            self.on_demand_log.append(entry)
+        else:
+            (self.ok_log if ok else self.failed_log).append(entry)
 
     def recent_logs(self) -> list[LogEntry]:
-        return sorted([*self.ok_log, *self.failed_log], key=lambda e: e.when, reverse=True)
+        return sorted([*self.ok_log, *self.failed_log, *self.on_demand_log], key=lambda e: e.when, reverse=True)
 
     def observe_rtt(self, method: str, rtt: float | None) -> None:
         self.sent[method] = self.sent.get(method, 0) + 1

@@ -5,17 +5,22 @@ from __future__ import annotations
 import base64
 import logging
 import shutil
+import statistics
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import bcrypt
 import pytest
 
 from desanet.district import parse_inventory
+from desanet.exporter.admission import Admission, Allowance, Busy
 from desanet.exporter.exposition import Exposition, FamilySpec, LineBuilder, escape, number
 from desanet.exporter.logfmt import LogfmtFormatter
 from desanet.exporter.metrics import SPECS, render_village
 from desanet.exporter.scheduler import in_shard
+from desanet.exporter.server import Coalesced
 from desanet.exporter.state import RTT_BUCKETS, VillageState
 from desanet.exporter.webconfig import Authenticator, WebConfigError, parse_web_config
 
@@ -138,13 +143,111 @@ def test_web_config_basic_auth(tmp_path: Path) -> None:
         ("tls_server_config:\n  cert_file: a.pem\n", "needs cert_file and key_file"),
         ("unknown: 1\n", "unknown keys"),
         ("tls_server_config: {cert_file: a, key_file: b, min_version: TLS99}\n", "unknown TLS version"),
+        # A hash cut short passed the prefix check, then made bcrypt raise inside every request.
+        ("basic_auth_users:\n  noc: $2y$10$tooshort\n", "not a bcrypt hash"),
+        ("tls_server_config: {cert_file: missing.pem, key_file: missing.key}\n", "No such file or directory"),
+        ("basic_auth_users: {noc: [\n", "web.yml:2:1: not valid YAML"),
     ],
 )
 def test_bad_web_configs_are_refused(tmp_path: Path, text: str, message: str) -> None:
     cfg = tmp_path / "web.yml"
     cfg.write_text(text)
-    with pytest.raises(WebConfigError, match=message):
+    with pytest.raises(WebConfigError, match=message) as info:
         parse_web_config(cfg)
+    assert "\n" not in str(info.value)  # one line, for the log and for `serve` refusing to start
+
+
+def _basic(user: str, pw: str | bytes) -> str:
+    raw = user.encode() + b":" + (pw.encode() if isinstance(pw, str) else pw)
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def test_basic_auth_refuses_a_password_longer_than_bcrypt_reads(tmp_path: Path) -> None:
+    """bcrypt 5 raises on more than 72 bytes: that was an exception in the request, not a 401."""
+    password = "r" * 72
+    cfg = tmp_path / "web.yml"
+    cfg.write_text(f"basic_auth_users:\n  noc: {bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()}\n")
+    auth = Authenticator(parse_web_config(cfg))
+    assert auth.check(_basic("noc", password))
+    assert not auth.check(_basic("noc", password + "x"))  # the first 72 bytes match; still no
+    assert not auth.check(_basic("noc", "é" * 100))
+    assert not auth.check(_basic("tamu", "x" * 500))
+
+
+def test_basic_auth_spends_the_same_work_on_an_unknown_user(tmp_path: Path) -> None:
+    """An unknown user was answered in 0.55 ms, a known one with a wrong password in 72 ms: a user-name
+    oracle. Both now run one bcrypt at the configured cost (exporter-toolkit's dummy hash)."""
+    cfg = tmp_path / "web.yml"
+    cfg.write_text(f"basic_auth_users:\n  noc: {bcrypt.hashpw(b'rahasia', bcrypt.gensalt(10)).decode()}\n")
+    auth = Authenticator(parse_web_config(cfg))
+
+    def median_seconds(user: str) -> float:
+        times = []
+        for i in range(5):  # a new password each time: a cached answer would be fast for both
+            t0 = time.perf_counter()
+            assert not auth.check(_basic(user, f"salah-{i}-{time.time_ns()}"))
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    known, unknown = median_seconds("noc"), median_seconds("tamu")
+    assert known > 0.01  # cost 10 is tens of milliseconds on any machine this runs on
+    assert 0.6 < unknown / known < 1.6, (known, unknown)
+
+
+def test_admission_allows_one_probe_per_village_and_module_per_allowance() -> None:
+    adm = Admission({"stamp": Allowance(30.0), "icmp": Allowance(5.0)}, max_in_flight=2)
+    assert adm.admit("kabat", "stamp", 100.0) is None
+    r = adm.admit("kabat", "stamp", 101.0)
+    assert r is not None and r.status == 429 and r.retry_after == "29" and "one per 30 s per village" in r.reason
+    assert adm.admit("licin", "stamp", 101.0) is None  # another village has its own allowance
+    r = adm.admit("kabat", "icmp", 101.0)  # two in flight already: the cap, not the allowance, refuses
+    assert r is not None and r.status == 503
+    adm.done()
+    assert adm.admit("kabat", "icmp", 101.0) is None
+    adm.done()
+    adm.done()
+    assert adm.admit("kabat", "stamp", 130.0) is None  # the allowance came back after 30 s
+    refusal = adm.busy("kabat", "stamp", Busy("every stamp slot is in use"))
+    assert refusal.status == 503 and "slot" in refusal.reason
+    assert adm.admit("kabat", "stamp", 130.5) is None  # a probe that never ran gives its allowance back
+    assert adm.refused == {("stamp", "rate"): 1, ("icmp", "busy"): 1, ("stamp", "busy"): 1}
+
+
+def test_coalesced_calls_share_one_run_that_started_after_they_came() -> None:
+    runs: list[int] = []
+    gate = threading.Event()
+
+    def work() -> int:
+        runs.append(len(runs))
+        gate.wait(5)
+        return len(runs)
+
+    c = Coalesced(work)
+    results: list[int] = []
+    first = threading.Thread(target=lambda: results.append(c()))
+    first.start()
+    while not runs:
+        time.sleep(0.001)
+    # Arrived while run 1 is under way: they must not get its (older) result, and share run 2.
+    late = [threading.Thread(target=lambda: results.append(c())) for _ in range(20)]
+    for t in late:
+        t.start()
+    time.sleep(0.05)
+    gate.set()
+    for t in [first, *late]:
+        t.join(5)
+    assert len(runs) == 2 and sorted(results) == [1] + [2] * 20
+
+
+def test_on_demand_results_cannot_push_scheduled_failures_out_of_the_log() -> None:
+    inv = parse_inventory((ROOT / "tests/testdata/inventories/good/minimal.yaml").read_text())
+    vs = VillageState.create(inv.villages[0])
+    for i in range(5):
+        vs.log("snmp", False, f"scheduled failure {i}")
+    for _ in range(200):  # a burst of /probe requests
+        vs.log("probe:icmp", False, "on demand", on_demand=True)
+    messages = [e.message for e in vs.recent_logs()]
+    assert all(f"scheduled failure {i}" in messages for i in range(5))
 
 
 def test_logfmt_quotes_and_keeps_extras() -> None:
