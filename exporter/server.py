@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import resource
+import select
 import socket
 import ssl
 import sys
@@ -52,7 +53,9 @@ MODULE_TIMEOUT = {"icmp": 10.0, "stamp": 10.0, "snmp": 10.0, "trace": 25.0, "thr
 MODULE_RUN_SECONDS = {"stamp": 3.5, "trace": 20.0}
 TIMEOUT_OFFSET = 0.5  # as blackbox_exporter's --timeout-offset
 GZIP_MIN_BYTES = 4096
-NEW_CONNECTION_GATE = 4  # first requests of new connections handled at once (Handler._enter_gate)
+NEW_CONNECTION_GATE = 4  # first requests of new connections read and handled at once (Handler.handle)
+SWITCH_INTERVAL_SECONDS = 0.001  # sys.setswitchinterval for the serving process (serve_http says why)
+HEAD_SECONDS = 2.0  # for the rest of a first request's head once its first bytes came, inside the gate
 MAX_CONNECTIONS = 2048  # connection threads at once; beyond, a new connection gets OVERLOADED and is closed
 OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
@@ -126,11 +129,14 @@ class Coalesced(Generic[T]):
     """Concurrent callers share one run of `fn`, and each gets a run that started after it arrived.
 
     1,000 scrapes at once cost two renders rather than 1,000, and a reload asked for while another is being
-    read still re-reads the file. Hand-written: functools.cache never expires and futures have no
+    read still re-reads the file. With `share_running`, a caller also takes a run already under way (a
+    metrics render a millisecond old is as good as a new one, and a scraper then waits for one render at
+    most). Hand-written: functools.cache never expires and futures have no
     "next run" (singleflight in Go's x/sync is the nearest thing, and it shares a run already under way)."""
 
-    def __init__(self, fn: Callable[[], T]):
+    def __init__(self, fn: Callable[[], T], *, share_running: bool = False):
         self._fn = fn
+        self._share_running = share_running  # for renders: one under way is fresh enough to share
         self._cond = threading.Condition()
         self._started = 0
         self._finished = 0
@@ -139,7 +145,7 @@ class Coalesced(Generic[T]):
 
     def __call__(self) -> T:
         with self._cond:
-            target = self._started + 1
+            target = self._started + (0 if self._share_running and self._running else 1)
             while self._finished < target:
                 if not self._running and self._started < target:
                     self._started += 1
@@ -191,7 +197,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self._requests = 0
         self._in_gate = False
 
     def handle(self) -> None:
@@ -207,7 +212,30 @@ class Handler(BaseHTTPRequestHandler):
                     extra={"peer": _peer(self.client_address), "reason": _reason(exc)},
                 )
                 return
-        super().handle()
+        # The first request: wait for its first bytes holding nothing, then read and answer it inside the
+        # gate, with HEAD_SECONDS for the rest of its head (a client that sends half a request and stalls
+        # gives the gate back at once). Kept-alive connections' later requests skip the gate.
+        self.close_connection = True
+        if not self._readable():
+            return
+        self.server.gate.acquire()  # type: ignore[attr-defined]
+        self._in_gate = True
+        try:
+            conn.settimeout(HEAD_SECONDS)
+            self.handle_one_request()
+        finally:
+            self._leave_gate()
+        while not self.close_connection:
+            self.handle_one_request()
+
+    def _readable(self) -> bool:
+        """Whether the client sent something within `timeout` (poll: no FD_SETSIZE limit, no GIL held)."""
+        conn = self.connection
+        if isinstance(conn, ssl.SSLSocket) and conn.pending():
+            return True
+        poller = select.poll()
+        poller.register(conn, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(self.timeout * 1000))
 
     def _send(
         self,
@@ -248,24 +276,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._guarded(self._post)
 
-    def _enter_gate(self) -> None:
-        """The first request of a connection waits its turn at the server's gate; requests on a kept-alive
-        connection (a Prometheus that scrapes) go straight through. A flood of new connections then has at
-        most NEW_CONNECTION_GATE threads contending for the interpreter at once, instead of 1,000, and a
-        scraper's request is answered in milliseconds while the flood is worked through in order."""
-        self._requests += 1
-        if self._requests == 1:
-            self.server.gate.acquire()  # type: ignore[attr-defined]
-            self._in_gate = True
-
     def _leave_gate(self) -> None:
+        """The first request of a connection is parsed and handled inside the server's gate (handle());
+        requests on a kept-alive connection (a Prometheus that scrapes) go straight through. A flood of new
+        connections then has at most NEW_CONNECTION_GATE threads contending for the interpreter, instead of
+        1,000, and a scraper's request is answered in milliseconds while the flood is worked through in
+        order. Left before anything that waits: writing an answer, waiting for a probe."""
         if self._in_gate:
             self._in_gate = False
+            self.connection.settimeout(self.timeout)
             self.server.gate.release()  # type: ignore[attr-defined]
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         """A bug in one request is that request's 500 and one log line; the server and the probes go on."""
-        self._enter_gate()
         try:
             fn()
         except (BrokenPipeError, ConnectionError, TimeoutError, ssl.SSLError):
@@ -405,7 +428,7 @@ class App:
         self.registry.register(SelfCollector(monitor, reload_state, version))
         self.registry.register(HttpCollector(self))
         self.district = district
-        self.metrics_body = Coalesced(lambda: Body.of(self.metrics()))
+        self.metrics_body = Coalesced(lambda: Body.of(self.metrics()), share_running=True)
         self._status: dict[str | None, Coalesced[Body]] = {}
         self._status_lock = threading.Lock()
 
@@ -420,7 +443,7 @@ class App:
         with self._status_lock:
             render = self._status.get(key)
             if render is None:
-                render = self._status[key] = Coalesced(lambda: Body.of(self.status_page(key)))
+                render = self._status[key] = Coalesced(lambda: Body.of(self.status_page(key)), share_running=True)
         return render()
 
     def status_page(self, village: str | None) -> str:
@@ -591,6 +614,10 @@ def raise_open_files_limit() -> None:
 def serve_http(app: App, listen: str, web: WebConfigWatcher | None) -> Server:
     """Bind now (a taken port fails before any probe runs); serve requests once start_serving is called."""
     raise_open_files_limit()
+    # A thread that wants the interpreter waits up to one switch interval per contender each time it blocks
+    # and wakes (every recv and send): 5 ms by default put a scraper's answer 100 ms and more behind a flood's
+    # gated threads, and an echo's send behind a render. 1 ms costs a little throughput for that latency.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     handler = type("BoundHandler", (Handler,), {"app": app})
     return Server(parse_listen(listen), handler, web)
 
