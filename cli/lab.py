@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from desanet.district import InventoryError, default_inventory_path
+
+
+class DelayDistribution(StrEnum):
+    """netem's delay distributions, as lab/delay_model.py defines them (a test keeps the two lists equal)."""
+
+    uniform = "uniform"
+    normal = "normal"
+    pareto = "pareto"
+    pareto_normal = "pareto-normal"
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -96,13 +106,40 @@ def register(app: typer.Typer) -> None:
         village: Annotated[str | None, typer.Argument(help="Village slug (or use --kecamatan).")] = None,
         kecamatan: Annotated[str | None, typer.Option(help="Impair this kecamatan's uplink instead.")] = None,
         delay: Annotated[float | None, typer.Option(help="Delay toward the village, ms.")] = None,
-        jitter: Annotated[float | None, typer.Option(help="Jitter toward the village, ms (uniform ±).")] = None,
+        jitter: Annotated[
+            float | None, typer.Option(help="Jitter toward the village, ms: ± for uniform, the sd for the others.")
+        ] = None,
         loss: Annotated[float | None, typer.Option(help="Loss toward the village, %.")] = None,
         rate: Annotated[
             float | None, typer.Option(help="Rate cap toward the village, Mbit/s (overrides the contract).")
         ] = None,
         up_delay: Annotated[float | None, typer.Option(help="Delay toward the NOC, ms.")] = None,
         up_jitter: Annotated[float | None, typer.Option(help="Jitter toward the NOC, ms.")] = None,
+        delay_distribution: Annotated[
+            DelayDistribution | None,
+            typer.Option(help="Shape of the drawn delay toward the village (netem's; uniform clears)."),
+        ] = None,
+        up_delay_distribution: Annotated[
+            DelayDistribution | None, typer.Option(help="Shape of the drawn delay toward the NOC.")
+        ] = None,
+        delay_correlation: Annotated[
+            float | None,
+            typer.Option(help="Rank correlation of consecutive drawn delays toward the village, %."),
+        ] = None,
+        up_delay_correlation: Annotated[
+            float | None, typer.Option(help="Rank correlation of consecutive drawn delays toward the NOC, %.")
+        ] = None,
+        reorder: Annotated[
+            bool | None,
+            typer.Option(
+                "--reorder/--no-reorder",
+                help="Toward the village, release each packet at its own drawn delay, so jitter reorders "
+                "(netem's way); by default packets keep their order, as in a queue.",
+            ),
+        ] = None,
+        up_reorder: Annotated[
+            bool | None, typer.Option("--up-reorder/--no-up-reorder", help="The same toward the NOC.")
+        ] = None,
         up_loss: Annotated[float | None, typer.Option(help="Loss toward the NOC, %.")] = None,
         up_rate: Annotated[float | None, typer.Option(help="Rate cap toward the NOC, Mbit/s.")] = None,
         buffer_ms: Annotated[float | None, typer.Option(help="Queue of the cap toward the village, ms.")] = None,
@@ -126,13 +163,25 @@ def register(app: typer.Typer) -> None:
             cur = impair(
                 village,
                 kecamatan,
-                {"delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss, "rate_mbit": rate, "buffer_ms": buffer_ms},
+                {
+                    "delay_ms": delay,
+                    "jitter_ms": jitter,
+                    "loss_pct": loss,
+                    "rate_mbit": rate,
+                    "buffer_ms": buffer_ms,
+                    "delay_distribution": delay_distribution.value if delay_distribution else None,
+                    "delay_correlation_pct": delay_correlation,
+                    "reorder": reorder,
+                },
                 {
                     "delay_ms": up_delay,
                     "jitter_ms": up_jitter,
                     "loss_pct": up_loss,
                     "rate_mbit": up_rate,
                     "buffer_ms": up_buffer_ms,
+                    "delay_distribution": up_delay_distribution.value if up_delay_distribution else None,
+                    "delay_correlation_pct": up_delay_correlation,
+                    "reorder": up_reorder,
                 },
                 blackhole=down,
                 restore=restore,
@@ -166,8 +215,10 @@ def register(app: typer.Typer) -> None:
                     a = e["applied"][d]
                     if a["packets"]:
                         typer.echo(
-                            f"  {d}: {a['packets']} packets, {a['dropped']} dropped, delay p50 "
+                            f"  {d}: {a['packets']} packets, {a['dropped']} dropped, "
+                            f"{a.get('reordered') or 0} reordered, delay p50 "
                             f"{_ms(a['delay_ms_p50'])} mean {_ms(a['delay_ms_mean'])} "
+                            f"(drawn {_ms(a.get('drawn_delay_ms_p50'))} / {_ms(a.get('drawn_delay_ms_mean'))}) "
                             f"ipdv {_ms(a['ipdv_ms_mean_abs'])}"
                         )
 
@@ -203,7 +254,12 @@ def _describe(imp: dict[str, Any]) -> str:
         if x.get("delay_ms") is not None:
             bits.append(f"delay {x['delay_ms']:g} ms")
         if x.get("jitter_ms") is not None:
-            bits.append(f"jitter ±{x['jitter_ms']:g} ms")
+            shape = x.get("delay_distribution")
+            bits.append(f"jitter {x['jitter_ms']:g} ms {shape}" if shape else f"jitter ±{x['jitter_ms']:g} ms")
+        if x.get("delay_correlation_pct") is not None:
+            bits.append(f"delay correlation {x['delay_correlation_pct']:g} %")
+        if x.get("reorder"):
+            bits.append("reordering")
         if x.get("loss_pct") is not None:
             bits.append(f"loss {x['loss_pct']:g} %")
         if x.get("rate_mbit") is not None:

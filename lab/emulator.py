@@ -8,14 +8,18 @@ so the few netlink messages are written here by hand.
 
 One process serves the whole lab: it opens an NFQUEUE and an NFLOG netlink socket in every namespace that
 impairs traffic (each kecamatan, for its villages' links; the core, for the kecamatan uplinks), binds every
-queue number up front (so a rule never points at an unbound queue), and holds each packet until
-arrival + delay, with delay drawn uniformly from [D-J, D+J] as netem does by default. The arrival time is
-the kernel's receive stamp (NFQA_TIMESTAMP), so the emulator's own latency does not add to the delay.
+queue number up front (so a rule never points at an unbound queue), and holds each packet until the
+release time lab/delay_model.py gives it: arrival + a drawn delay (uniform, normal, pareto or pareto-normal,
+optionally correlated), and by default no earlier than the packet ahead of it in the same direction (a FIFO,
+so jitter does not reorder; `reorder` releases each packet independently, as netem does). The arrival time
+is the kernel's receive stamp (NFQA_TIMESTAMP), so the emulator's own latency does not add to the delay.
+Pure computation (draws, release rule, reordering count) lives in delay_model; this module does the I/O.
 
-Ground truth: for every packet it records the delay actually applied (verdict time - kernel arrival), and
-nftables' loss rule logs every dropped packet to NFLOG group 1 with the direction as its prefix, so the
-drops are recorded per packet too. `truth` answers over a unix socket with per-direction figures for the
-last N seconds.
+Ground truth: for every packet it records the delay it drew, the delay actually applied (verdict time -
+kernel arrival) and whether it left after a packet that arrived after it (reordered); nftables' loss rule
+logs every dropped packet to NFLOG group 1 with the direction as its prefix, so the drops are recorded per
+packet too. `truth` answers over a unix socket with per-direction figures for the last N seconds, `packets`
+with the per-packet records themselves.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from desanet.lab.delay_model import DelayLine, DelaySpec
 from desanet.lab.netns import socket_in_netns
 
 log = logging.getLogger("desanet.lab.emulator")
@@ -77,6 +82,8 @@ SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35
 NFLOG_GROUP = 1
 RECORD_LIMIT = 400_000  # per direction; at 1 k packets/s that is over 6 minutes of history
+PACKETS_LIMIT = 200_000  # per-packet records one `packets` request returns (the newest)
+PACKET_FIELDS = ("arrival", "drawn_s", "applied_s", "reordered")  # one record of `packets`, in seconds
 SPIN_SECONDS = 0.0002  # busy-wait this close to a due time: select() wakes up late by tens of µs
 
 
@@ -116,24 +123,24 @@ def _messages(data: bytes) -> list[tuple[int, int, bytes, int]]:
 
 @dataclass
 class Direction:
-    """One impaired direction: its drawn-delay parameters and what was actually applied."""
+    """One impaired direction: its delay line (what to draw, when to release) and what was actually applied."""
 
     key: str
-    delay: float = 0.0
-    jitter: float = 0.0
-    passed: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RECORD_LIMIT))
+    line: DelayLine = field(default_factory=DelayLine)
+    # Per packet that passed, in release order: (kernel arrival, drawn delay, applied delay, reordered).
+    passed: deque[tuple[float, float, float, bool]] = field(default_factory=lambda: deque(maxlen=RECORD_LIMIT))
     drops: deque[float] = field(default_factory=lambda: deque(maxlen=RECORD_LIMIT))
 
-    def draw(self, rng: random.Random) -> float:
-        if self.jitter <= 0:
-            return self.delay
-        return max(0.0, rng.uniform(self.delay - self.jitter, self.delay + self.jitter))
-
     def summary(self, since: float) -> dict[str, Any]:
-        passed = [(t, d) for t, d in self.passed if t >= since]
+        passed = [p for p in self.passed if p[0] >= since]
         dropped = sum(1 for t in self.drops if t >= since)
-        delays = [d for _, d in passed]
-        out: dict[str, Any] = {"packets": len(passed) + dropped, "dropped": dropped}
+        delays = [p[2] for p in passed]
+        drawn = [p[1] for p in passed]
+        out: dict[str, Any] = {
+            "packets": len(passed) + dropped,
+            "dropped": dropped,
+            "reordered": sum(1 for p in passed if p[3]),
+        }
         if delays:
             # Written independently of probes/stats.py on purpose: ground truth must not share the probes' bugs.
             out["delay_ms_p50"] = statistics.median(delays) * 1e3
@@ -141,9 +148,22 @@ class Direction:
             out["ipdv_ms_mean_abs"] = (
                 statistics.fmean(abs(b - a) for a, b in itertools.pairwise(delays)) * 1e3 if len(delays) > 1 else None
             )
+            out["drawn_delay_ms_p50"] = statistics.median(drawn) * 1e3
+            out["drawn_delay_ms_mean"] = statistics.fmean(drawn) * 1e3
         else:
-            out.update(delay_ms_p50=None, delay_ms_mean=None, ipdv_ms_mean_abs=None)
+            out.update(
+                delay_ms_p50=None,
+                delay_ms_mean=None,
+                ipdv_ms_mean_abs=None,
+                drawn_delay_ms_p50=None,
+                drawn_delay_ms_mean=None,
+            )
         return out
+
+    def packets(self, since: float) -> list[tuple[float, float, float, bool]]:
+        """The newest per-packet records (at most PACKETS_LIMIT) of packets that arrived at or after `since`."""
+        out = [p for p in self.passed if p[0] >= since]
+        return out[-PACKETS_LIMIT:]
 
 
 @dataclass
@@ -160,7 +180,8 @@ class Emulator:
         self.queue_keys: dict[tuple[int, int], str] = {}  # (fd, queue number) -> direction key
         self.nfq: list[_Queue] = []
         self.nflog: list[_Queue] = []
-        self.heap: list[tuple[float, int, int, int, int, str, float]] = []
+        # (release time, admission counter, fd, queue, packet id, direction key, arrival, drawn delay, number)
+        self.heap: list[tuple[float, int, int, int, int, str, float, float, int]] = []
         self.counter = 0
         self.stop = False
         self.socks: dict[int, socket.socket] = {}
@@ -243,8 +264,10 @@ class Emulator:
         state = json.loads((self.state_dir / "state.json").read_text())
         for key, d in self.directions.items():
             imp = state.get("emulate", {}).get(key, {})
-            d.delay = float(imp.get("delay_ms") or 0) / 1e3
-            d.jitter = float(imp.get("jitter_ms") or 0) / 1e3
+            try:
+                d.line.spec = spec_from_state(imp)
+            except (TypeError, ValueError) as exc:  # `lab impair` validates; a hand-edited state must not stop us
+                log.warning("%s: keeping the previous delay settings: %s", key, exc)
         log.info("reloaded: %d directions emulated", len(state.get("emulate", {})))
 
     # ------------------------------------------------------------------ packets
@@ -274,9 +297,11 @@ class Emulator:
                     arrival = sec + usec / 1e6
                 key = self.queue_keys.get((sock.fileno(), res_id))
                 d = self.directions.get(key) if key else None
-                due = arrival + (d.draw(self.rng) if d else 0.0)
+                number, drawn, due = d.line.admit(arrival, self.rng) if d else (-1, 0.0, arrival)
                 self.counter += 1
-                heapq.heappush(self.heap, (due, self.counter, sock.fileno(), res_id, packet_id, key or "", arrival))
+                heapq.heappush(
+                    self.heap, (due, self.counter, sock.fileno(), res_id, packet_id, key or "", arrival, drawn, number)
+                )
 
     def _on_nflog(self, sock: socket.socket) -> None:
         while True:
@@ -301,7 +326,7 @@ class Emulator:
 
     def _release_due(self) -> None:
         while self.heap and self.heap[0][0] <= time.time():
-            _due, _n, fd, queue, packet_id, key, arrival = heapq.heappop(self.heap)
+            _due, _n, fd, queue, packet_id, key, arrival, drawn, number = heapq.heappop(self.heap)
             verdict = _msg(
                 NFNL_SUBSYS_QUEUE,
                 NFQNL_MSG_VERDICT,
@@ -321,7 +346,7 @@ class Emulator:
                 continue
             d = self.directions.get(key)
             if d is not None:
-                d.passed.append((arrival, released - arrival))
+                d.passed.append((arrival, drawn, released - arrival, d.line.release(number)))
 
     # ------------------------------------------------------------------ control
     def truth(self, window: float) -> dict[str, Any]:
@@ -344,6 +369,12 @@ class Emulator:
                     resp: dict[str, Any] = {"ok": True}
                 elif cmd == "truth":
                     resp = {"ok": True, "applied": self.truth(float(req.get("window", 60)))}
+                elif cmd == "packets":
+                    d = self.directions.get(str(req.get("key")))
+                    if d is None:
+                        raise ValueError(f"no emulated direction {req.get('key')!r}")
+                    since = time.time() - float(req.get("window", 60))
+                    resp = {"ok": True, "fields": list(PACKET_FIELDS), "packets": d.packets(since)}
                 elif cmd == "ping":
                     resp = {"ok": True, "pid": os.getpid(), "held": len(self.heap)}
                 elif cmd == "stop":
@@ -393,6 +424,17 @@ class Emulator:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             ctl_path.unlink()
+
+
+def spec_from_state(imp: dict[str, Any]) -> DelaySpec:
+    """A direction's delay settings from the state's `emulate` entry (milliseconds and percent)."""
+    return DelaySpec(
+        delay=float(imp.get("delay_ms") or 0) / 1e3,
+        jitter=float(imp.get("jitter_ms") or 0) / 1e3,
+        distribution=str(imp.get("delay_distribution") or "uniform"),
+        correlation=float(imp.get("delay_correlation_pct") or 0) / 100,
+        reorder=bool(imp.get("reorder")),
+    )
 
 
 def request(state_dir: Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:

@@ -49,6 +49,9 @@ DIRECTION_KEYS = (
     "loss_pct",
     "rate_mbit",
     "buffer_ms",
+    "delay_distribution",  # None: uniform (see lab/delay_model.py)
+    "delay_correlation_pct",
+    "reorder",  # None: a FIFO, order kept; True: independent releases (netem's reordering)
 )
 # A shaper's queue in milliseconds at its rate when nothing else is said: about one round trip of the flows
 # it carries (the classic rule, Villamizar & Song 1994), here from a kantor desa to the video services in
@@ -527,8 +530,8 @@ def _empty_direction() -> dict[str, float | None]:
 def impair(
     target: str | None,
     kecamatan: str | None,
-    down_: dict[str, float | None],
-    up_: dict[str, float | None],
+    down_: dict[str, Any],
+    up_: dict[str, Any],
     *,
     blackhole: bool = False,
     restore: bool = False,
@@ -557,7 +560,7 @@ def impair(
     for direction, values in (("down", down_), ("up", up_)):
         for k, val in values.items():
             if val is not None:
-                cur[direction][k] = None if val == 0 else float(val)
+                cur[direction][k] = _merged_value(k, val)
     if blackhole:
         cur["blackholed"] = True
     _validate(cur)
@@ -586,9 +589,24 @@ def _find_slug(lp: LabPlan, text: str) -> str:
     raise LabError(f"no village {text!r} in the lab")
 
 
+def _merged_value(key: str, val: Any) -> Any:
+    """A flag's value as the state keeps it: 0, False and the default distribution clear it (None)."""
+    if key == "delay_distribution":
+        return None if val == "uniform" else str(val)
+    if key == "reorder":
+        return True if val else None
+    return None if val == 0 else float(val)
+
+
 def _validate(cur: dict[str, Any]) -> None:
+    from desanet.lab.delay_model import DISTRIBUTIONS
+
     for direction in ("down", "up"):
         d = cur[direction]
+        if d.get("delay_distribution") not in (None, *DISTRIBUTIONS):
+            raise LabError(f"no delay distribution {d['delay_distribution']!r}: one of {', '.join(DISTRIBUTIONS)}")
+        if d.get("delay_correlation_pct") is not None and not 0 <= d["delay_correlation_pct"] <= 100:
+            raise LabError("delay correlation must be between 0 and 100 %")
         if d["loss_pct"] is not None and not 0 <= d["loss_pct"] <= 100:
             raise LabError("loss must be between 0 and 100 %")
         if d["jitter_ms"] is not None and d["jitter_ms"] > (d["delay_ms"] or 0):
@@ -601,12 +619,18 @@ def _validate(cur: dict[str, Any]) -> None:
 
 
 def _refresh_emulation(state: dict[str, Any]) -> None:
-    emulate: dict[str, dict[str, float]] = {}
+    emulate: dict[str, dict[str, Any]] = {}
     for key, cur in state["impairments"].items():
         for direction in ("down", "up"):
             d = cur[direction]
             if d["delay_ms"] or d["jitter_ms"] or d["loss_pct"]:
-                emulate[f"{key}:{direction}"] = {"delay_ms": d["delay_ms"] or 0.0, "jitter_ms": d["jitter_ms"] or 0.0}
+                emulate[f"{key}:{direction}"] = {
+                    "delay_ms": d["delay_ms"] or 0.0,
+                    "jitter_ms": d["jitter_ms"] or 0.0,
+                    "delay_distribution": d.get("delay_distribution") or "uniform",
+                    "delay_correlation_pct": d.get("delay_correlation_pct") or 0.0,
+                    "reorder": bool(d.get("reorder")),
+                }
     state["emulate"] = emulate
 
 
@@ -861,6 +885,9 @@ def truth(window: float, prefix: str | None = None) -> dict[str, Any]:
         "delay_ms_p50": None,
         "delay_ms_mean": None,
         "ipdv_ms_mean_abs": None,
+        "reordered": None,
+        "drawn_delay_ms_p50": None,
+        "drawn_delay_ms_mean": None,
     }
 
     def entry(key: str) -> dict[str, Any]:

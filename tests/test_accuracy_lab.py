@@ -19,10 +19,11 @@ How the comparisons are made fair:
   reference's own record carries the same overstatement, so it cancels.
 - The lab's IPDV is over one direction's delays in the order the emulator released them (arrival order);
   desanet's is over RTTs in send order. They are the same sequence when (a) the other direction adds only a
-  near-constant base and (b) nothing is reordered. Uniform jitter of ±J ms reorders echoes sent closer than
-  2J ms apart, so trains here are max(10 ms, 2.5 J) apart (under load the engine's late bursts break this
-  now and then; IPDV still matched within 3 % in the runs made). Lost echoes leave both sequences alike: the
-  lab lists only what passed, desanet skips what did not come back.
+  near-constant base and (b) nothing is reordered, which the lab's jitter, a FIFO by default, guarantees
+  (docs/lab.md). Trains are still max(10 ms, 2.5 J) apart, so each echo's applied delay is the one it drew
+  rather than a wait behind an earlier echo's (under load the engine's late bursts queue some now and
+  then). Lost echoes leave both sequences alike: the lab lists only what passed, desanet skips what did not
+  come back.
 - RFC 3550 jitter is a running filter with gain 1/16 that remembers the last few dozen packets, so it is not
   held to the lab's mean |IPDV| over the whole train: simulated with uniform jitter, its own sampling noise
   against that is 13 % (1 σ), so a 30 % bound fails a correct implementation 1.5 % of the time per check, and
@@ -386,7 +387,7 @@ def test_delay_jitter_loss_match_truth_unloaded_and_under_load(
     same load, user-space stamps do measurably worse (each reply waits for the GIL before it is stamped)."""
     slugs = _slugs(lab)
     slug, ref_slug = slugs[1], slugs[2]
-    # Echoes further apart than the jitter's full spread (2J) arrive in the order they were sent.
+    # Echoes further apart than the jitter's full spread (2J) each get the delay they drew (docs/lab.md).
     interval = max(0.01, 2.5 * jitter / 1e3)
     lab.impair(slug, "--restore", "--delay", str(delay), "--jitter", str(jitter), "--loss", str(LOSS_PCT))
     try:
