@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         help="The simulated village network (network namespaces) that desanet is tested on.", no_args_is_help=True
     )
     app.add_typer(lab_app, name="lab")
+    from desanet.cli import lab_traffic  # lab load, reboot, scenario
+
+    lab_traffic.register(lab_app)
 
     @lab_app.command("up")
     def up_cmd(
@@ -99,6 +102,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  dead: {name}")
             for key, imp in st["impaired"].items():
                 typer.echo(f"  impaired {key}: {_describe(imp)}")
+            for line in lab_traffic.describe_tasks(st):
+                typer.echo(line)
         raise typer.Exit(0 if st["up"] else 1)
 
     @lab_app.command("impair")
@@ -150,6 +155,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
         optical_rx_dbm: Annotated[float | None, typer.Option(help="Optical rx power the router reports, dBm.")] = None,
         optical_tx_dbm: Annotated[float | None, typer.Option(help="Optical tx power the router reports, dBm.")] = None,
+        to: Annotated[
+            float | None, typer.Option(help="Ramp the optical rx power to this, dBm (from now or --optical-rx-dbm).")
+        ] = None,
+        over: Annotated[float | None, typer.Option(help="Seconds the optical ramp to --to takes.")] = None,
     ) -> None:
         """Impair one village's link or a kecamatan uplink, per direction, like netem on each side. 0 clears."""
         from desanet.lab.lab import LabError, impair
@@ -159,6 +168,7 @@ def register(app: typer.Typer) -> None:
             optical["rx_dbm"] = optical_rx_dbm
         if optical_tx_dbm is not None:
             optical["tx_dbm"] = optical_tx_dbm
+        ramp = lab_traffic.ramp_args(village, kecamatan, to, over)  # checked before anything changes
         try:
             cur = impair(
                 village,
@@ -190,6 +200,8 @@ def register(app: typer.Typer) -> None:
         except LabError as exc:
             _fail(str(exc))
         typer.echo(f"{village or kecamatan}: {_describe(cur)}")
+        if ramp is not None:
+            lab_traffic.ramp(*ramp)
 
     @lab_app.command("truth")
     def truth_cmd(

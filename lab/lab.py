@@ -505,7 +505,9 @@ def down(prefix: str | None = None) -> list[str]:
     removed: list[str] = []
     state = load_state(p)
     if state is not None:
-        n = len([e for e in state.get("pids", {}).values() if _alive(e)])
+        tasks = state.get("tasks", {})  # loads and optical ramps (lab/background.py), by PID like the rest
+        n = len([e for e in [*state.get("pids", {}).values(), *tasks.values()] if _alive(e)])
+        _stop_processes({"pids": tasks})
         _stop_processes(state)
         removed.append(f"{n} processes")
     if state is not None and state.get("host_guard"):
@@ -569,6 +571,10 @@ def impair(
         if not key.startswith("v:"):
             raise LabError("optical values belong to a village, not a kecamatan")
         slug = key[2:]
+        from desanet.lab import background
+
+        # A level set by hand ends a ramp still moving it (lab/events.py).
+        background.stop(state, lambda _tid, e: e.get("kind") == "ramp" and e.get("target") == slug)
         merged = {**state["optical"].get(slug, {}), **optical}
         state["optical"][slug] = merged
         _apply_optical(state, slug, merged)
@@ -935,7 +941,15 @@ def status(prefix: str | None = None) -> dict[str, Any]:
         "up_seconds": state.get("up_seconds"),
         "noc_namespace": state["plan"]["noc_ns"],
         "shaping": state.get("shaping", {"uncapped": True}),
+        "tasks": _running_tasks(state),  # loads and optical ramps
+        "events": state.get("events", {}),  # villages without power (a reboot under way)
     }
+
+
+def _running_tasks(state: dict[str, Any]) -> dict[str, Any]:
+    from desanet.lab import background
+
+    return background.running(state)
 
 
 def exec_argv(command: list[str], prefix: str | None = None) -> list[str]:
