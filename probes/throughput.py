@@ -50,6 +50,22 @@ Every test is bounded: `connect_timeout` bounds each wait for the far end outsid
 dies or goes silent all end in a clean stop: CLIENT_TERMINATE on the control connection when the test did
 not finish, every socket closed, no callback left on the loop. Failures raise ThroughputError in words.
 
+What a test cost the link is counted whatever ends it, because the budget (desanet.budget) charges it:
+
+* `bytes` is the payload that crossed the link: sent by us and not still sitting unsent in our socket when
+  it closes (SIOCOUTQNSD), or received by us, read or still queued (SIOCINQ). At the end — finished,
+  failed or cancelled — a receiving stream is kept open until the far end's last data has landed (a gap of
+  DRAIN_QUIET_SECONDS or a few RTTs, at most DRAIN_SECONDS), then every data stream is reset (SO_LINGER 0),
+  so nothing we did not count leaves our send queue afterwards. Measured on the lab against the village
+  interface's counters: within 1 % (tests/test_budget_lab.py).
+* Each test reports a last Progress with `final=True` after its sockets are closed, also when it failed or
+  was cancelled, so a caller that counts through the progress callback has the exact figure in every
+  ending a Python `finally` sees.
+* `payload_bound(settings)` is the most a test can move however it ends, even if this process is killed:
+  we never write past max_bytes; receiving over TCP we stop reading at max_bytes, so flow control lets the
+  far end send at most one receive window more per stream; a UDP sender at the far end paces at the bitrate
+  until its own timer. The budget reserves that bound before the test starts.
+
 Why one file over 800 lines: one prober per protocol in one file, as blackbox_exporter keeps them. The
 iperf3 control channel is one state machine whose states (parameter exchange, data phases up and down,
 results) share the running byte counts and the caps the budget hands in; the pure helpers (link rate from
@@ -60,8 +76,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -77,12 +95,15 @@ from typing import Any, Literal
 __all__ = [
     "DirectionResult",
     "Progress",
+    "ProgressCallback",
     "ServerBusy",
     "ThroughputError",
     "ThroughputResult",
     "ThroughputSettings",
     "link_rate",
+    "payload_bound",
     "probe",
+    "receive_buffer_max",
     "tcp_frame_bytes",
     "udp_wire_bytes",
 ]
@@ -125,6 +146,8 @@ _MAX_RESULTS_JSON = 4 * 1024 * 1024  # server output of a 60 s test fits many ti
 
 # ------------------------------------------------------------------------------------------ kernel
 SIOCOUTQ = 0x5411  # = TIOCOUTQ: bytes in a TCP socket's send queue not yet acknowledged
+SIOCOUTQNSD = 0x894B  # bytes in a TCP socket's send queue not yet sent (linux/sockios.h)
+SIOCINQ = 0x541B  # = FIONREAD: bytes received and not yet read
 SO_TIMESTAMPNS = 35  # Python has no constant (research/libs.md §4)
 _TCP_INFO = struct.Struct("=8B24I")  # struct tcp_info up to tcpi_total_retrans (104 bytes)
 _TCPI_DATA_SEGS_IN = struct.Struct("=I")  # tcpi_data_segs_in, at byte 152 (Linux >= 4.6)
@@ -138,6 +161,10 @@ TCP_TIMESTAMP_OPTION = 12
 UDP_HEADER = 8
 
 TICK = 0.1  # sampling period of the client's byte counts
+DRAIN_SECONDS = 2.0  # longest wait at the end for the far end's last data, so that it is counted
+DRAIN_QUIET_SECONDS = 0.3  # a gap this long ends the wait: more than TCP's shortest retransmission timeout
+DEFAULT_TCP_RMEM_MAX = 6 * 1024 * 1024  # Linux's default net.ipv4.tcp_rmem maximum
+_UDP_TIMER_SLACK = 1.01  # iperf3 paces on the average since the start: at most a packet or so ahead
 INTERVAL = 0.5  # convergence interval
 INTERVALS = 3  # consecutive intervals that must agree
 
@@ -257,12 +284,18 @@ class ThroughputResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported every tick while data flows (for a progress line); rate is the last 0.5 s."""
+    """Reported every tick while data flows (for a progress line); rate is the last 0.5 s.
+
+    `bytes` is what the test has cost the link so far. `test` tells apart the tests of one probe() call (two
+    for "both", more if the server was busy and a test was retried); each ends with one report with
+    `final=True` and its exact count, whatever ended it (success, error, cancellation)."""
 
     direction: Literal["down", "up"]
     seconds: float
     bytes: int
     bits_per_second: float
+    test: int = 0
+    final: bool = False
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -341,6 +374,39 @@ def link_rate(goodput_bps: float, payload: int, wire: int) -> float:
     return goodput_bps * wire / payload if payload > 0 else 0.0
 
 
+def payload_bound(settings: ThroughputSettings, receive_buffer: int = DEFAULT_TCP_RMEM_MAX) -> int:
+    """The most payload one probe() call with these settings can put on the link, however it ends (even if
+    this process is killed mid-test): what the budget reserves before the test starts.
+
+    Down: we never write past max_bytes. Up over TCP: we stop reading at max_bytes and flow control lets the
+    far end send at most one receive window (< `receive_buffer`, the tcp_rmem maximum) more per stream. Up
+    over UDP: the far end paces at the bitrate until its own timer (`time`: ceil(max_seconds) + 1) ends it.
+    """
+    s = settings
+    if s.max_bytes is None:
+        raise ValueError("a test without max_bytes has no bound")
+    total = 0
+    if s.direction in ("both", "down"):
+        total += s.max_bytes
+    if s.direction in ("both", "up"):
+        if s.protocol == "tcp":
+            total += s.max_bytes + s.parallel * receive_buffer
+        else:
+            seconds = math.ceil(s.max_seconds) + 1
+            total += math.ceil(s.udp_bitrate_bps / 8 * seconds * _UDP_TIMER_SLACK) + s.parallel * s.udp_packet_bytes
+    return total
+
+
+def receive_buffer_max() -> int:
+    """The largest TCP receive buffer this host's autotuning may reach (net.ipv4.tcp_rmem, third field), in
+    the network namespace of the calling thread (net sysctls are read in the opener's namespace)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as fh:
+            return int(fh.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_TCP_RMEM_MAX
+
+
 def _bytes_at(samples: list[tuple[float, int]], t: float) -> float:
     """Cumulative bytes at time t, interpolated linearly between samples (clamped at the ends)."""
     if t <= samples[0][0]:
@@ -406,7 +472,12 @@ def _tcp_info(sock: socket.socket) -> dict[str, int] | None:
 
 
 def _outq(sock: socket.socket) -> int:
-    buf = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    return _sockios(sock, SIOCOUTQ)
+
+
+def _sockios(sock: socket.socket, request: int) -> int:
+    """One of the socket queue-size ioctls (SIOCOUTQ, SIOCOUTQNSD, SIOCINQ)."""
+    buf = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
     return int(struct.unpack("i", buf)[0])
 
 
@@ -448,6 +519,10 @@ class _Stream:
     id: int
     sock: socket.socket
     bytes: int = 0  # payload written (client sends: down) or read (client receives: up)
+    # settled at the close (_settle): written but never sent (down), arrived but not read (up)
+    unsent: int = 0
+    queued: int = 0
+    eof: bool = False
     # TCP, client receiving: data that arrived, in any order (see _Test._reached)
     arrived: int = 0
     segs_seen: int | None = None
@@ -461,6 +536,9 @@ class _Stream:
     first_arrival: float | None = None
     last_arrival: float | None = None
     first_bytes: int = 0
+
+
+_test_ids = itertools.count(1)
 
 
 class _Test:
@@ -479,6 +557,8 @@ class _Test:
         self.reverse = direction == "up"  # toward the NOC: the server at the village sends (iperf3 -R)
         self.udp = settings.protocol == "udp"
         self.progress = progress
+        self.id = next(_test_ids)
+        self.rate = 0.0  # the last 0.5 s, for the final progress report
         self.loop = asyncio.get_running_loop()
         self.cookie = ("".join(secrets.choice(_COOKIE_CHARS) for _ in range(COOKIE_SIZE - 1))).encode() + b"\0"
         self.ctrl: socket.socket | None = None
@@ -487,6 +567,7 @@ class _Test:
         self.streams: list[_Stream] = []
         self.started = False  # the server has created the test (CREATE_STREAMS seen)
         self.finished = False  # IPERF_DONE sent
+        self.terminated = False  # CLIENT_TERMINATE sent
         self.sending = False  # our TCP writers / UDP sender are active
         self.ending = False  # the data phase is over (drain quietly)
         self.failure: ThroughputError | None = None
@@ -507,8 +588,11 @@ class _Test:
         # Backstop: setup (connect, 3 replies, stream set-up), data phase, teardown (3 replies), grace.
         bound = s.max_seconds + (8 + 2 * s.parallel) * s.connect_timeout + 1.0
         try:
-            async with asyncio.timeout(bound):
-                return await self._run()
+            try:
+                async with asyncio.timeout(bound):
+                    result = await self._run()
+            finally:
+                await self._aclose()  # counts what the link carried (_settle), then closes
         except TimeoutError:
             raise self._error(f"the test did not finish within its {bound:.0f} s bound; stopped it") from None
         except ThroughputError as exc:
@@ -516,7 +600,9 @@ class _Test:
             exc.seconds = max(exc.seconds, self._elapsed())
             raise
         finally:
-            await self._aclose()
+            if self.progress is not None:  # the exact cost, whatever ended the test (cancellation too)
+                self.progress(Progress(self.direction, self._elapsed(), self._moved(), self.rate, self.id, True))
+        return dataclasses.replace(result, bytes=self._moved())
 
     async def _run(self) -> DirectionResult:
         s = self.s
@@ -663,8 +749,8 @@ class _Test:
                 last_progress = now
             samples.append((now, measured))
             if self.progress is not None:
-                rate = _rate(samples, max(t0, now - INTERVAL), now)
-                self.progress(Progress(self.direction, now - t0, self._moved(), rate))
+                self.rate = _rate(samples, max(t0, now - INTERVAL), now)
+                self.progress(Progress(self.direction, now - t0, self._moved(), self.rate, self.id))
             if now >= deadline or self.limit_hit:
                 break
             if now - last_progress > stall and not (self.udp and not self.reverse):
@@ -706,8 +792,14 @@ class _Test:
         sacked = info["sacked"] * info["snd_mss"] if info else 0
         return min(st.bytes, acked + sacked)
 
-    def _moved(self) -> int:
+    def _written(self) -> int:
+        """Payload written (down) or read (up) so far: what max_bytes caps."""
         return sum(st.bytes for st in self.streams)
+
+    def _moved(self) -> int:
+        """Payload that crossed the link: written less what never left our send queue, read plus what arrived
+        unread (both known once _settle has run; before, the written or read count)."""
+        return sum(st.bytes - st.unsent + st.queued for st in self.streams)
 
     def _elapsed(self) -> float:
         if self.t_stop:
@@ -722,7 +814,7 @@ class _Test:
                 return
             n = len(self.wbuf)
             if limit is not None:
-                room = limit - self._moved()
+                room = limit - self._written()
                 if room <= 0:
                     self.limit_hit = True
                     self.wake.set()
@@ -740,9 +832,19 @@ class _Test:
             st.bytes += sent
 
     def _on_tcp_readable(self, st: _Stream) -> None:
+        limit = self.s.max_bytes
         for _ in range(16):
+            want = len(self.rbuf)
+            if limit is not None:
+                # Stop reading at the cap: the receive window then closes and the far end can send at most one
+                # window more (payload_bound), even if this process dies before it can say stop.
+                want = min(want, limit - self._written())
+                if want <= 0:
+                    self.loop.remove_reader(st.sock.fileno())
+                    self._check_limit()
+                    return
             try:
-                n = st.sock.recv_into(self.rbuf)
+                n = st.sock.recv_into(self.rbuf, want)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -797,7 +899,7 @@ class _Test:
         self._check_limit()
 
     def _check_limit(self) -> None:
-        if self.s.max_bytes is not None and not self.limit_hit and self._moved() >= self.s.max_bytes:
+        if self.s.max_bytes is not None and not self.limit_hit and self._written() >= self.s.max_bytes:
             self.limit_hit = True
             self.wake.set()
 
@@ -823,7 +925,7 @@ class _Test:
             n = min(backlog, max(2, math.ceil(2.5 * pps * (now - last))))
             last = now
             for _ in range(n):
-                if s.max_bytes is not None and self._moved() + size * len(self.streams) > s.max_bytes:
+                if s.max_bytes is not None and self._written() + size * len(self.streams) > s.max_bytes:
                     self.limit_hit = True
                     self.wake.set()
                     return
@@ -897,7 +999,7 @@ class _Test:
         state = await self._expect_state("closing the test")
         if state != DISPLAY_RESULTS:
             raise self._unexpected(state, "closed the test")
-        self._close_streams()
+        # The data streams stay open until _settle has counted the far end's last data.
         self.finished = True  # the results are in: a far end that leaves now does not spoil them
         if self.ctrl is not None:
             with contextlib.suppress(OSError):
@@ -1152,7 +1254,8 @@ class _Test:
             st.sock.close()
 
     async def _aclose(self) -> None:
-        """Let cancelled socket operations unregister their fds *before* the sockets close.
+        """Let cancelled socket operations unregister their fds *before* the sockets close, and count what the
+        link carried before closing (_settle).
 
         asyncio removes a cancelled sock_recv/sock_sendall's reader or writer by fd number in a callback on the
         next loop pass; if the socket were closed first, that number could already belong to another probe's
@@ -1165,8 +1268,89 @@ class _Test:
             if tasks:
                 await asyncio.wait(tasks, timeout=1.0)
             await asyncio.sleep(0)
+            await self._settle()
         finally:
             self._close()
+
+    async def _settle(self) -> None:
+        """Fix the byte count at what crossed the link, whatever ended the test.
+
+        Sending: what is still unsent in our queue (SIOCOUTQNSD) never left; the close resets the stream
+        (SO_LINGER 0), so it never will. Receiving over TCP: the far end has been told to stop (test ended,
+        or CLIENT_TERMINATE sent here) and flushes what it had queued; we keep reading, up to max_bytes, until
+        the streams end or go quiet (DRAIN_QUIET_SECONDS or 4 RTTs; at most DRAIN_SECONDS in all), and count what
+        arrived unread.
+        """
+        if self.t0 and not self.t_stop:
+            self.t_stop = time.monotonic()
+        self.sending = False
+        self.ending = True
+        if self.udp or not self.streams:
+            return
+        for st in self.streams:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(st.sock.fileno())
+                self.loop.remove_writer(st.sock.fileno())
+        if not self.reverse:
+            for st in self.streams:
+                with contextlib.suppress(OSError):
+                    st.unsent = min(st.bytes, _sockios(st.sock, SIOCOUTQNSD))
+            self._reset_streams()
+            return
+        if self.started and not self.finished and self.ctrl is not None:
+            with contextlib.suppress(OSError):
+                self.ctrl.send(bytes([CLIENT_TERMINATE]))  # the far end stops sending now
+            self.terminated = True
+        # The control connection carries our sends, so its RTT is measured; a lost segment pauses the flow
+        # for a retransmission timeout (>= 200 ms on Linux), which must not pass for the end.
+        info = _tcp_info(self.ctrl) if self.ctrl is not None else None
+        rtt = info["rtt_us"] * 1e-6 if info else 0.0
+        quiet = min(DRAIN_SECONDS / 2, max(DRAIN_QUIET_SECONDS, 4 * rtt))
+        deadline = time.monotonic() + DRAIN_SECONDS
+        last, changed = -1, time.monotonic()
+        while True:
+            total = sum(self._drain(st) for st in self.streams)
+            now = time.monotonic()
+            if total != last:
+                last, changed = total, now
+            if all(st.eof for st in self.streams) or now - changed >= quiet or now >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        for st in self.streams:
+            with contextlib.suppress(OSError):
+                st.queued = 0 if st.eof else _sockios(st.sock, SIOCINQ)
+        self._reset_streams()
+
+    def _drain(self, st: _Stream) -> int:
+        """Read what has arrived on a receiving stream, up to max_bytes; return what arrived so far."""
+        limit = self.s.max_bytes
+        while not st.eof:
+            want = len(self.rbuf) if limit is None else min(len(self.rbuf), limit - self._written())
+            if want <= 0:
+                break
+            try:
+                n = st.sock.recv_into(self.rbuf, want)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                st.eof = True
+                break
+            if n == 0:
+                st.eof = True
+                break
+            st.bytes += n
+        inq = 0
+        if not st.eof:
+            with contextlib.suppress(OSError):
+                inq = _sockios(st.sock, SIOCINQ)
+        return st.bytes + inq
+
+    def _reset_streams(self) -> None:
+        """Close data streams with a reset (SO_LINGER 0): nothing left in our send queue goes out uncounted."""
+        for st in self.streams:
+            with contextlib.suppress(OSError):
+                st.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._close_streams()
 
     def _close(self) -> None:
         """Always runs: no callbacks, tasks or sockets outlive the test; tell the server if we stop early."""
@@ -1179,7 +1363,7 @@ class _Test:
                 task.exception()  # retrieved, so asyncio does not log it
         self._close_streams()
         if self.ctrl is not None:
-            if self.started and not self.finished:
+            if self.started and not self.finished and not self.terminated:
                 with contextlib.suppress(OSError):
                     self.ctrl.send(bytes([CLIENT_TERMINATE]))
             with contextlib.suppress(Exception):
