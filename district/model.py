@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_validator,
 )
 
 from desanet.district.names import SLUG_RE, _show, _suggest, slugify
@@ -336,6 +337,37 @@ class SnmpPollSettings(_Model):
     max_per_agent: Annotated[int, Field(ge=1, le=16, description="Requests in flight to one router at once.")] = 2
 
 
+class OnDemandThroughputSettings(_Model):
+    """Throughput tests asked for through /probe?module=throughput. Whoever can reach /probe can ask, so they
+    are off unless enabled, spend their own, smaller part of the village's daily budget, and are rate limited
+    per village."""
+
+    enabled: Annotated[
+        bool, Field(description="Allow /probe?module=throughput; off, such a request is refused (HTTP 403).")
+    ] = False
+    max_seconds: Annotated[float, Field(gt=0, le=10, description="Longest on-demand test per direction, seconds.")] = (
+        3.0
+    )
+    budget_megabytes_per_day: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Most data on-demand tests may move per village per day, megabytes; part of "
+            "budget_megabytes_per_day, not on top of it.",
+        ),
+    ] = 50.0
+    budget_seconds_per_day: Annotated[
+        float,
+        Field(
+            gt=0, description="Most on-demand test time per village per day, seconds; part of budget_seconds_per_day."
+        ),
+    ] = 20.0
+    min_interval_seconds: Annotated[
+        float,
+        Field(ge=0, le=86400, description="Least time between the starts of two on-demand tests of one village."),
+    ] = 900.0
+
+
 class ThroughputSettings(_Model):
     """Scheduled iperf3 throughput tests; they load the link, so they are budgeted."""
 
@@ -347,6 +379,24 @@ class ThroughputSettings(_Model):
     budget_seconds_per_day: Annotated[
         float, Field(gt=0, description="Most test time per village per day, seconds.")
     ] = 120.0
+    on_demand: Annotated[
+        OnDemandThroughputSettings,
+        Field(description="Tests through /probe?module=throughput: off unless enabled, with their own allowance."),
+    ] = OnDemandThroughputSettings()
+
+    @model_validator(mode="after")
+    def _on_demand_is_a_part(self) -> ThroughputSettings:
+        # Checked only when enabled: a lowered daily budget must not make the unused defaults an error.
+        od = self.on_demand
+        problems = [
+            f"on_demand.{key} ({getattr(od, key):g}) is more than {key} ({getattr(self, key):g}): on-demand tests "
+            "spend part of the daily budget, not more"
+            for key in ("budget_megabytes_per_day", "budget_seconds_per_day")
+            if od.enabled and getattr(od, key) > getattr(self, key)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class TraceSettings(_Model):
