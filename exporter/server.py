@@ -53,6 +53,7 @@ MODULE_TIMEOUT = {"icmp": 10.0, "stamp": 10.0, "snmp": 10.0, "trace": 25.0, "thr
 MODULE_RUN_SECONDS = {"stamp": 3.5, "trace": 20.0}
 TIMEOUT_OFFSET = 0.5  # as blackbox_exporter's --timeout-offset
 GZIP_MIN_BYTES = 4096
+RENDER_MAX_AGE_SECONDS = 0.5  # a /metrics or status-page body this fresh is served again (Coalesced)
 NEW_CONNECTION_GATE = 4  # first requests of new connections read and handled at once (Handler.handle)
 SWITCH_INTERVAL_SECONDS = 0.001  # sys.setswitchinterval for the serving process (serve_http says why)
 HEAD_SECONDS = 2.0  # for the rest of a first request's head once its first bytes came, inside the gate
@@ -129,14 +130,17 @@ class Coalesced(Generic[T]):
     """Concurrent callers share one run of `fn`, and each gets a run that started after it arrived.
 
     1,000 scrapes at once cost two renders rather than 1,000, and a reload asked for while another is being
-    read still re-reads the file. With `share_running`, a caller also takes a run already under way (a
-    metrics render a millisecond old is as good as a new one, and a scraper then waits for one render at
-    most). Hand-written: functools.cache never expires and futures have no
+    read still re-reads the file. With `max_age_seconds`, a caller also takes a run under way or one that
+    finished that recently: the villages' text is re-rendered every few seconds by the scheduler anyway, so
+    a /metrics body half a second old says the same, and a flood of scrapes then costs no renders at all.
+    Hand-written: functools.cache never expires and futures have no
     "next run" (singleflight in Go's x/sync is the nearest thing, and it shares a run already under way)."""
 
-    def __init__(self, fn: Callable[[], T], *, share_running: bool = False):
+    def __init__(self, fn: Callable[[], T], *, max_age_seconds: float = 0.0):
         self._fn = fn
-        self._share_running = share_running  # for renders: one under way is fresh enough to share
+        # For renders: a run under way, or one finished less than max_age_seconds ago, is fresh enough.
+        self._max_age = max_age_seconds
+        self._finished_at = -math.inf
         self._cond = threading.Condition()
         self._started = 0
         self._finished = 0
@@ -145,7 +149,9 @@ class Coalesced(Generic[T]):
 
     def __call__(self) -> T:
         with self._cond:
-            target = self._started + (0 if self._share_running and self._running else 1)
+            if self._max_age > 0 and self._result[0] and time.monotonic() - self._finished_at < self._max_age:
+                return cast(T, self._result[1])
+            target = self._started + (0 if self._max_age > 0 and self._running else 1)
             while self._finished < target:
                 if not self._running and self._started < target:
                     self._started += 1
@@ -158,7 +164,7 @@ class Coalesced(Generic[T]):
                     finally:
                         self._cond.acquire()
                         self._running = False
-                    self._result, self._finished = result, self._started
+                    self._result, self._finished, self._finished_at = result, self._started, time.monotonic()
                     self._cond.notify_all()
                 else:
                     self._cond.wait()
@@ -428,7 +434,7 @@ class App:
         self.registry.register(SelfCollector(monitor, reload_state, version))
         self.registry.register(HttpCollector(self))
         self.district = district
-        self.metrics_body = Coalesced(lambda: Body.of(self.metrics()), share_running=True)
+        self.metrics_body = Coalesced(lambda: Body.of(self.metrics()), max_age_seconds=RENDER_MAX_AGE_SECONDS)
         self._status: dict[str | None, Coalesced[Body]] = {}
         self._status_lock = threading.Lock()
 
@@ -443,7 +449,9 @@ class App:
         with self._status_lock:
             render = self._status.get(key)
             if render is None:
-                render = self._status[key] = Coalesced(lambda: Body.of(self.status_page(key)), share_running=True)
+                render = self._status[key] = Coalesced(
+                    lambda: Body.of(self.status_page(key)), max_age_seconds=RENDER_MAX_AGE_SECONDS
+                )
         return render()
 
     def status_page(self, village: str | None) -> str:
