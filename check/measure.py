@@ -51,7 +51,14 @@ from desanet.check.report import (
 from desanet.district import Inventory, Village
 from desanet.probes.icmp import IcmpPermissionError, IcmpResult, IcmpSettings
 from desanet.probes.stamp import StampResult, StampSettings
-from desanet.probes.throughput import DirectionResult, ServerBusy, ThroughputError, ThroughputResult, ThroughputSettings
+from desanet.probes.throughput import (
+    DirectionResult,
+    ProgressCallback,
+    ServerBusy,
+    ThroughputError,
+    ThroughputResult,
+    ThroughputSettings,
+)
 from desanet.verdict.ports import busiest_port
 
 if TYPE_CHECKING:
@@ -85,10 +92,12 @@ class Probers:
         result: SnmpResult = await self._poller.poll(address, settings)
         return result
 
-    async def throughput(self, address: str, settings: ThroughputSettings) -> ThroughputResult:
+    async def throughput(
+        self, address: str, settings: ThroughputSettings, progress: ProgressCallback | None = None
+    ) -> ThroughputResult:
         from desanet.probes.throughput import probe
 
-        return await probe(address, settings)
+        return await probe(address, settings, progress=progress)
 
     async def trace(self, address: str, settings: TraceSettings) -> TraceResult:
         from desanet.probes.trace import probe
@@ -384,18 +393,23 @@ async def _trace(report: Report, probers: Probers, clock: _Clock) -> None:
 
 
 async def _throughput_retrying_busy(
-    probers: Probers, address: str, settings: ThroughputSettings, clock: _Clock, seconds: float
+    probers: Probers,
+    address: str,
+    settings: ThroughputSettings,
+    clock: _Clock,
+    seconds: float,
+    progress: ProgressCallback,
 ) -> ThroughputResult:
     """iperf3 serves one test at a time and takes a moment to accept the next one after a test ends (longer on
     a slow link), so "busy" right after our own first direction is retried briefly while time allows."""
     for _ in range(BUSY_RETRIES):
         try:
-            return await probers.throughput(address, settings)
+            return await probers.throughput(address, settings, progress)
         except ServerBusy:
             if clock.left() < seconds + TEST_SETUP_SECONDS + BUSY_RETRY_WAIT:
                 raise
             await asyncio.sleep(BUSY_RETRY_WAIT)
-    return await probers.throughput(address, settings)
+    return await probers.throughput(address, settings, progress)
 
 
 async def _throughput(report: Report, options: Options, probers: Probers, clock: _Clock, now: datetime) -> None:
@@ -419,7 +433,7 @@ async def _throughput(report: Report, options: Options, probers: Probers, clock:
     key = "stage_throughput_tcp" if options.tcp else "stage_throughput_udp"
     values = {"down": Q("rate", rate_down), "up": Q("rate", rate_up)}
     try:
-        with acquire_test_slot(inv, village, now, options.force, directions=2) as slot:
+        with acquire_test_slot(inv, village, now, options.force, directions=2, origin="check") as slot:
             cap_seconds, cap_bytes = slot.caps(2)
             seconds = min(seconds, cap_seconds)
             async with clock.stage("throughput", key, values) as st:
@@ -438,21 +452,22 @@ async def _throughput(report: Report, options: Options, probers: Probers, clock:
                         max_bytes=cap_bytes,
                     )
                     try:
-                        res = await _throughput_retrying_busy(probers, address, settings, clock, seconds)
+                        # The slot charges what moved, however the test ends (a cancelled check too).
+                        res = await slot.measure(
+                            address,
+                            settings,
+                            run=lambda a, s, meter: _throughput_retrying_busy(probers, a, s, clock, seconds, meter),
+                        )
                     except ServerBusy as exc:
-                        slot.charge(exc.bytes_moved, exc.seconds)
                         st["event"] = "failed"
                         report.notes.append(Note("note_throughput_server_busy", detail=str(exc)))
                         break
                     except ThroughputError as exc:
-                        slot.charge(exc.bytes_moved, exc.seconds)
                         st["event"] = "failed"
                         report.notes.append(Note("note_throughput_failed", detail=str(exc)))
                         break
                     d = res.down if direction == "down" else res.up
                     results[direction] = d
-                    if d is not None:
-                        slot.charge(d.bytes, d.seconds)
     except Refused as exc:
         report.notes.append(_refusal_note(exc, inv, village, now))
         return

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from desanet.budget import Refused, TestSlot, acquire_test_slot
 from desanet.district.targets import TargetError, resolve_target
-from desanet.probes.throughput import Progress, ThroughputError, ThroughputSettings, probe
+from desanet.probes.throughput import Progress, ThroughputError, ThroughputResult, ThroughputSettings, probe
 
 EXIT_MEASURED = 0
 EXIT_FAILED = 1  # refused by the budget, session or uplink rules, or the measurement failed
@@ -150,7 +150,7 @@ def run(
     inv = tgt.inventory
     now = datetime.now(ZoneInfo(inv.timezone))
     try:
-        with acquire_test_slot(inv, tgt.village, now, force, directions=directions) as slot:
+        with acquire_test_slot(inv, tgt.village, now, force, directions=directions, origin="cli") as slot:
             cap_seconds, cap_bytes = slot.caps(directions)
             return _measure(
                 tgt.label, address, settings(min(wanted_seconds, cap_seconds), cap_bytes), as_json, err, slot
@@ -163,14 +163,14 @@ def run(
 def _measure(
     label: str, address: str, settings: ThroughputSettings, as_json: bool, err: Console, slot: TestSlot | None
 ) -> int:
-    seen: dict[str, tuple[int, float]] = {}
     last_line = [0.0]
     interactive = err.is_terminal
 
     status = err.status(f"testing {label} …") if interactive else None
 
     def progress(p: Progress) -> None:
-        seen[p.direction] = (p.bytes, p.seconds)
+        if p.final:
+            return
         text = (
             f"{label} {p.direction}: {p.seconds:4.1f} s  {p.bits_per_second / 1e6:9.2f} Mbit/s  {p.bytes / 1e6:8.1f} MB"
         )
@@ -180,9 +180,11 @@ def _measure(
             last_line[0] = time.monotonic()
             err.print(text, markup=False)
 
-    def charge(nbytes: int, seconds: float) -> None:
+    async def measure() -> ThroughputResult:
+        # In a slot the budget charges what moved however the test ends (Ctrl-C cancels it: asyncio.run).
         if slot is not None:
-            slot.charge(nbytes, seconds)
+            return await slot.measure(address, settings, progress=progress)
+        return await probe(address, settings, progress=progress)
 
     what = "UDP rehearsal" if settings.protocol == "udp" else "TCP"
     if not interactive:
@@ -190,20 +192,15 @@ def _measure(
     try:
         if status is not None:
             with status:
-                result = asyncio.run(probe(address, settings, progress=progress))
+                result = asyncio.run(measure())
         else:
-            result = asyncio.run(probe(address, settings, progress=progress))
+            result = asyncio.run(measure())
     except ThroughputError as exc:
-        charge(exc.bytes_moved, exc.seconds)
         err.print(f"failed: {exc}", markup=False)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        charge(sum(b for b, _ in seen.values()), sum(s for _, s in seen.values()))
         err.print("interrupted; the test was stopped on both ends", markup=False)
         sys.exit(130)
-    total_bytes = sum(r.bytes for r in (result.down, result.up) if r)
-    total_seconds = sum(r.seconds for r in (result.down, result.up) if r)
-    charge(total_bytes, total_seconds)
 
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -269,7 +269,7 @@ class FakeProbers(ck.Probers):
         self.snmp_polls += 1
         return snmp(octets=self.snmp_polls * 1000, errors=3 * self.snmp_polls)
 
-    async def throughput(self, address: str, settings: Any) -> ThroughputResult:
+    async def throughput(self, address: str, settings: Any, progress: Any = None) -> ThroughputResult:
         self.calls.append(f"throughput-{settings.direction}")
         if self.busy:
             self.busy -= 1
@@ -661,9 +661,9 @@ def test_stages_that_would_overrun_the_time_limit_are_skipped(inv: Inventory, vi
 
 def test_the_tcp_option_measures_tcp(inv: Inventory, village: Village) -> None:
     class Tcp(FakeProbers):
-        async def throughput(self, address: str, settings: Any) -> ThroughputResult:
+        async def throughput(self, address: str, settings: Any, progress: Any = None) -> ThroughputResult:
             assert settings.protocol == "tcp" and settings.dscp == 0
-            return await super().throughput(address, settings)
+            return await super().throughput(address, settings, progress)
 
     report = run(inv, village, Tcp(), tcp=True)
     assert report.throughput is not None and report.throughput.method == "tcp"
