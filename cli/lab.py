@@ -220,9 +220,16 @@ def register(app: typer.Typer) -> None:
             return
         for section in ("kecamatan", "villages"):
             for name, e in t[section].items():
-                if not any(a["packets"] for a in e["applied"].values()) and _describe(e["configured"]) == "clean":
+                link_lines = [f"  {d} link: {_link_words(x)}" for d, x in (e.get("link") or {}).items() if _busy(x)]
+                if (
+                    not any(a["packets"] for a in e["applied"].values())
+                    and _describe(e["configured"]) == "clean"
+                    and not link_lines
+                ):
                     continue
                 typer.echo(f"{name}: {_describe(e['configured'])}")
+                for line in link_lines:
+                    typer.echo(line)
                 for d in ("down", "up"):
                     a = e["applied"][d]
                     if a["packets"]:
@@ -250,6 +257,24 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         sys.stdout.flush()
         os.execvpe(argv[0], argv, exec_env(os.environ))
+
+
+def _busy(x: dict[str, Any] | None) -> bool:
+    """A link direction worth a line: it dropped something or queued over a millisecond."""
+    if not x or x.get("offered_packets") is None:
+        return False
+    drops = x["dropped_queue_packets"] + x["dropped_loss_packets"] + x["dropped_blackhole_packets"]
+    return bool(drops) or (x["queue_delay_ms_max"] or 0) > 1
+
+
+def _link_words(x: dict[str, Any]) -> str:
+    cap = f"cap {x['cap_mbit']:g} Mbit/s, buffer {x['buffer_ms']:g} ms" if x["cap_mbit"] else "uncapped"
+    return (
+        f"{cap}: {x['passed_mbit']:.2f} Mbit/s passed, {x['offered_packets']} packets offered, dropped "
+        f"{x['dropped_queue_packets']} by the queue, {x['dropped_loss_packets']} by loss, "
+        f"{x['dropped_blackhole_packets']} by a cut; queue delay p50 {_ms(x['queue_delay_ms_p50'])} "
+        f"max {_ms(x['queue_delay_ms_max'])} (sampled)"
+    )
 
 
 def _ms(v: float | None) -> str:

@@ -33,6 +33,7 @@ from desanet.district import (
     resolve_secret,
 )
 from desanet.lab import netns
+from desanet.lab.linkstats import counter_names
 from desanet.lab.topology import CORE_NOC_ADDR, NOC_ADDR, KecPlan, LabPlan, VillagePlan, lab_prefix, plan
 
 NEEDED = {
@@ -379,6 +380,17 @@ def up(
     _wait_for(lambda: (d / "emulator.ready").exists() or not _alive(state["pids"]["emulator"]), 30)
     if not (d / "emulator.ready").exists():
         raise LabError(f"the delay emulator did not start; see {d / 'emulator.log'}")
+    _spawn(
+        state,
+        "linkstats",
+        None,
+        [sys.executable, "-m", "desanet.lab.linkstats", "--state-dir", str(d)],
+        d / "linkstats.log",
+    )
+    save_state(state)
+    _wait_for(lambda: (d / "linkstats.ready").exists() or not _alive(state["pids"]["linkstats"]), 30)
+    if not (d / "linkstats.ready").exists():
+        raise LabError(f"the link counter sampler did not start; see {d / 'linkstats.log'}")
 
     if services:
         say(f"starting snmpd and iperf3 in {len(lp.villages)} villages")
@@ -664,7 +676,12 @@ def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
         if cur is None:
             continue
         if cur["blackholed"]:
-            nft[ns] += [f'oifname "{ifname}" counter drop', f'iifname "{ifname}" counter drop']
+            # Named counters outlive the chain's rewrites, so lab/linkstats.py can difference them over time.
+            cut_down, cut_up = counter_names(ifname, "down")[1], counter_names(ifname, "up")[1]
+            nft[ns] += [
+                f'oifname "{ifname}" counter name "{cut_down}" drop',
+                f'iifname "{ifname}" counter name "{cut_up}" drop',
+            ]
         for direction, match, nft_match in (
             ("down", f"-o {ifname}", f'oifname "{ifname}"'),
             ("up", f"-i {ifname}", f'iifname "{ifname}"'),
@@ -674,14 +691,17 @@ def _apply_all(state: dict[str, Any], lp: LabPlan) -> None:
             if d["loss_pct"]:
                 threshold = round(d["loss_pct"] * 10000)
                 nft[ns].append(
-                    f'{nft_match} numgen random mod 1000000 < {threshold} counter log prefix "{dkey}" group 1 drop'
+                    f"{nft_match} numgen random mod 1000000 < {threshold} "
+                    f'counter name "{counter_names(ifname, direction)[0]}" log prefix "{dkey}" group 1 drop'
                 )
             if d["delay_ms"] or d["jitter_ms"] or d["loss_pct"]:
                 ipt[ns].append(f"-A DESANET {match} -j NFQUEUE --queue-num {queue_of[dkey]}")
         shape.setdefault(ns, []).extend(_shape_lines(state, link))
     _tc_batches(shape)
     for ns, rules in nft.items():
-        script = "flush chain inet desanet impair\n" + "".join(f"add rule inet desanet impair {r}\n" for r in rules)
+        names = sorted({n for r in rules for n in re.findall(r'counter name "([^"]+)"', r)})
+        script = "".join(f"add counter inet desanet {n}\n" for n in names)  # "add" keeps an existing one
+        script += "flush chain inet desanet impair\n" + "".join(f"add rule inet desanet impair {r}\n" for r in rules)
         _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script)
     for ns, rules in ipt.items():
         _run(
@@ -885,6 +905,14 @@ def truth(window: float, prefix: str | None = None) -> dict[str, Any]:
         applied = request(state_dir(state["prefix"]), {"cmd": "truth", "window": window})["applied"]
     except (OSError, RuntimeError) as exc:
         raise LabError(f"the delay emulator does not answer ({exc})") from None
+    links: dict[str, Any] = {}
+    if "linkstats" in state["pids"]:  # a lab from before per-link counters has none
+        from desanet.lab import linkstats
+
+        try:
+            links = linkstats.request(state_dir(state["prefix"]), {"cmd": "truth", "window": window})["links"]
+        except (OSError, RuntimeError) as exc:
+            raise LabError(f"the link counter sampler does not answer ({exc})") from None
     empty_applied = {
         "packets": None,
         "dropped": None,
@@ -905,6 +933,8 @@ def truth(window: float, prefix: str | None = None) -> dict[str, Any]:
         return {
             "configured": cur,
             "applied": {d: applied.get(f"{key}:{d}", empty_applied) for d in ("down", "up")},
+            # The link itself: its cap in force, what it was offered and passed, its queue, drops by cause.
+            "link": {d: links.get(f"{key}:{d}") for d in ("down", "up")},
         }
 
     return {

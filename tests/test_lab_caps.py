@@ -143,7 +143,8 @@ def _ping(lab: CapsLab, address: str, count: int, interval: float = 0.05) -> lis
 # --------------------------------------------------------------------------------------------- secrets
 def test_lab_runs_with_lab_only_secrets_and_a_real_inventory_still_refuses(caps_lab: CapsLab) -> None:
     # `lab up` came up with no secret set, and said which lab-only values it gave its agents.
-    assert "DESANET_SNMP_COMMUNITY is not set" in caps_lab.up_stderr and "lab-only" in caps_lab.up_stderr
+    filled = re.findall(r"(DESANET_SNMP_\w+) is not set: the lab's agents use the lab-only value", caps_lab.up_stderr)
+    assert filled, caps_lab.up_stderr
     # `lab exec` passes them on: the village's real snmpd answers a probe run the way the README says.
     polled = caps_lab.cli(
         "lab", "exec", "--", sys.executable, "-m", "desanet.cli", "probe", "snmp", "bangorejo", "--json"
@@ -153,8 +154,9 @@ def test_lab_runs_with_lab_only_secrets_and_a_real_inventory_still_refuses(caps_
     # Outside the lab the same command still refuses the missing secret, before sending anything.
     refused = caps_lab.cli("probe", "snmp", "bangorejo", "--json")
     assert refused.returncode == 2
-    assert "DESANET_SNMP_COMMUNITY is not set" in refused.stderr
-    # A secret the caller sets wins over the lab's: a wrong community gets no answer from the lab's agent.
+    # (bangorejo's secret is the v2c community or the SNMPv3 keys, whichever the inventory's default is)
+    assert re.search(r"environment variable DESANET_SNMP_\w+ is not set", refused.stderr), refused.stderr
+    # A secret the caller sets wins over the lab's: the lab's agent refuses a wrong one.
     wrong = caps_lab.cli(
         "lab",
         "exec",
@@ -170,7 +172,7 @@ def test_lab_runs_with_lab_only_secrets_and_a_real_inventory_still_refuses(caps_
         "0.3",
         "--retries",
         "0",
-        env={**caps_lab.env, "DESANET_SNMP_COMMUNITY": "not-the-lab-community"},
+        env={**caps_lab.env, **dict.fromkeys(filled, "not-the-lab-secret")},
     )
     assert wrong.returncode == 1 and json.loads(wrong.stdout)["success"] is False
 
@@ -180,10 +182,16 @@ def test_lab_runs_with_lab_only_secrets_and_a_real_inventory_still_refuses(caps_
 def test_clean_village_goodput_is_its_contract_each_way(caps_lab: CapsLab, slug: str, contract_mbit: float) -> None:
     address = caps_lab.address(slug)
     ideal = contract_mbit * 1e6 * IDEAL
-    got = {}
+    misses: dict[str, list[str]] = {}
     for name, extra in (("down", ()), ("up", ("-R",))):
-        got[name] = float(_iperf3(caps_lab, address, *extra)["end"]["sum_received"]["bits_per_second"])
-    misses = {name: f"{bps / 1e6:.3f} Mbit/s" for name, bps in got.items() if abs(bps / ideal - 1) > 0.02}
+        # One re-measurement on a miss: other tenants' CPU bursts on this shared 2-core VM can starve a 5 s
+        # test (seen at load 8-12: -3.7 % once, then on the ideal). A cap set wrong misses twice.
+        for _ in range(2):
+            bps = float(_iperf3(caps_lab, address, *extra)["end"]["sum_received"]["bits_per_second"])
+            if abs(bps / ideal - 1) <= 0.02:
+                misses.pop(name, None)
+                break
+            misses.setdefault(name, []).append(f"{bps / 1e6:.3f} Mbit/s")
     assert not misses, (misses, f"ideal {ideal / 1e6:.3f} Mbit/s")
 
 
@@ -218,15 +226,31 @@ def test_saturated_link_queues_about_its_buffer(caps_lab: CapsLab) -> None:
     idle = statistics.median(_ping(caps_lab, address, 20, 0.02))
     caps_lab.impair(slug, "--up-buffer-ms", "300")
     try:
-        for extra, buffer_ms in (((), 30.0), (("-R",), 300.0)):
+        for extra, buffer_ms, direction in (((), 30.0, "down"), (("-R",), 300.0, "up")):
+            t0 = time.monotonic()
             flood = caps_lab.noc_start(
-                "iperf3", "-c", address, "-p", "5201", "-u", "-b", "30M", "-l", "1400", "-t", "6", *extra
+                "iperf3", "-c", address, "-p", "5201", "-u", "-b", "30M", "-l", "1400", "-t", "6", "-J", *extra
             )
             try:
                 time.sleep(1.5)  # the queue fills within buffer / (30 - 20 Mbit/s) = 0.1 × buffer
                 rtts = _ping(caps_lab, address, 60, 0.05)
             finally:
-                flood.wait(30)
+                out, _err = flood.communicate(timeout=30)
+            udp = json.loads(out)["end"]["sum"]
+            # The window reaches back past the flood's start (the CLI takes a moment to ask): the traffic
+            # before it is a few idle echoes, none near the cap.
+            link = caps_lab.truth(time.monotonic() - t0 + 5)["villages"][slug]["link"][direction]
+            # The lab's own account of the same seconds: the cap and buffer in force, a queue about the buffer
+            # deep while it was loaded, every datagram iperf3 sent offered to it, and at least the datagrams
+            # iperf3 counted lost dropped by its queue (iperf3 counts gaps, so not those after its last arrival:
+            # 1.7 % more with a 300 ms queue).
+            assert (link["cap_mbit"], link["buffer_ms"]) == (20, buffer_ms), link
+            assert 0.85 * buffer_ms <= link["queue_delay_ms_p50"] <= 1.02 * buffer_ms, link
+            assert link["dropped_loss_packets"] == link["dropped_blackhole_packets"] == 0, link
+            sent = udp["packets"] + 60 + 20  # the datagrams, this flood's echoes, the idle ones before
+            assert abs(link["offered_packets"] - sent) <= 0.01 * sent, (link, udp)
+            assert link["dropped_queue_packets"] >= udp["lost_packets"] + 60 - len(rtts), (link, udp, len(rtts))
+            assert abs(link["passed_bytes"] * 8 / 20e6 - 6) < 0.5, link  # 6 s at the cap (±sampling edges)
             # 30 Mbit/s offered to 20: the full tail-drop queue drops a third of what comes, echoes included.
             assert len(rtts) >= 20, rtts
             rise = statistics.median(rtts) - idle
@@ -234,3 +258,31 @@ def test_saturated_link_queues_about_its_buffer(caps_lab: CapsLab) -> None:
             assert 0.85 * buffer_ms <= rise <= 1.1 * buffer_ms + 2, (extra, rise, buffer_ms)
     finally:
         caps_lab.impair(slug, "--restore")
+
+
+def test_truth_counts_drops_by_cause_and_keeps_its_old_keys(caps_lab: CapsLab) -> None:
+    """Loss-rule drops (its nftables counter) are the echoes ping lost; a cut's drops are the echoes sent;
+    `lab truth --json` still has every key it had before per-link counters."""
+    lossy, cut = "gambiran", "blimbingsari"
+    caps_lab.impair(lossy, "--loss", "30")
+    caps_lab.impair(cut, "--down")
+    try:
+        t0 = time.monotonic()
+        got = _ping(caps_lab, caps_lab.address(lossy), 200, 0.01)
+        _ping(caps_lab, caps_lab.address(cut), 20, 0.01)
+        truth = caps_lab.truth(time.monotonic() - t0 + 1)
+    finally:
+        caps_lab.impair(lossy, "--restore")
+        caps_lab.impair(cut, "--restore")
+    v = truth["villages"][lossy]
+    assert v["link"]["down"]["dropped_loss_packets"] == 200 - len(got)  # every echo ping lost, none more
+    assert v["link"]["down"]["dropped_blackhole_packets"] == 0
+    c = truth["villages"][cut]["link"]
+    assert c["down"]["dropped_blackhole_packets"] == 20 and c["down"]["passed_packets"] == 0, c
+    assert c["up"]["dropped_blackhole_packets"] == 0  # nothing reached the village to answer
+    # Backward compatible: the keys of before, with `link` added.
+    assert set(v) == {"kecamatan", "address", "configured", "applied", "link"}
+    assert {"packets", "dropped", "delay_ms_p50", "delay_ms_mean", "ipdv_ms_mean_abs"} <= set(v["applied"]["up"])
+    assert {"delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "buffer_ms"} <= set(v["configured"]["down"])
+    assert set(truth) >= {"window_seconds", "villages", "kecamatan"}
+    assert set(truth["kecamatan"]["Gambiran"]) >= {"configured", "applied", "link"}
