@@ -56,8 +56,8 @@ What a test cost the link is counted whatever ends it, because the budget (desan
   it closes (SIOCOUTQNSD), or received by us, read or still queued (SIOCINQ). At the end — finished,
   failed or cancelled — a receiving stream is kept open until the far end's last data has landed (a gap of
   DRAIN_QUIET_SECONDS or a few RTTs, at most DRAIN_SECONDS), then every data stream is reset (SO_LINGER 0),
-  so nothing we did not count leaves our send queue afterwards. Measured on the lab against the village
-  interface's counters: within 1 % (tests/test_budget_lab.py).
+  so nothing we did not count leaves our send queue afterwards. Measured on the lab against the counters of
+  the receiving interfaces (the village's, the NOC's): within 0.6 % (tests/test_budget_lab.py).
 * Each test reports a last Progress with `final=True` after its sockets are closed, also when it failed or
   was cancelled, so a caller that counts through the progress callback has the exact figure in every
   ending a Python `finally` sees.
