@@ -245,6 +245,22 @@ def test_a_renewed_certificate_is_served_without_a_restart(server: tuple[int, Pa
     assert 'desanet_web_config_reloads_total{result="success"} 1.0' in _metrics_soon(port, tmp)
 
 
+def test_a_web_config_removed_or_broken_keeps_the_last_good_one(server: tuple[int, Path]) -> None:
+    """Every request stat()ed the file and raised when it was gone: no answer at all, for anyone."""
+    port, tmp = server
+    good = (tmp / "web.yml").read_text()
+    try:
+        (tmp / "web.yml").unlink()
+        assert _get(port, tmp, "/-/healthy", NOC)[0] == 200
+        assert _get(port, tmp, "/-/healthy", None)[0] == 401  # still behind the old users, not open
+        (tmp / "web.yml").write_text("basic_auth_users: {noc: [\n")
+        assert _get(port, tmp, "/-/healthy", NOC)[0] == 200
+    finally:
+        (tmp / "web.yml").write_text(good)
+    log = (tmp / "serve.log").read_text()
+    assert 'msg="web config not reloaded; keeping the previous one"' in log and "not valid YAML" in log
+
+
 def _metrics_soon(port: int, tmp: Path) -> str:
     """/metrics once a body rendered after now is served (a body up to RENDER_MAX_AGE_SECONDS old is reused)."""
     time.sleep(RENDER_MAX_AGE_SECONDS + 0.1)
