@@ -57,6 +57,8 @@ RENDER_MAX_AGE_SECONDS = 0.5  # a /metrics or status-page body this fresh is ser
 NEW_CONNECTION_GATE = 4  # first requests of new connections read and handled at once (Handler.handle)
 SWITCH_INTERVAL_SECONDS = 0.001  # sys.setswitchinterval for the serving process (serve_http says why)
 HEAD_SECONDS = 2.0  # for the rest of a first request's head once its first bytes came, inside the gate
+FIRST_BYTES_SECONDS = 0.2  # a new client's request follows its connection at once; a silent one waits alone
+ADMITTING = 64  # new connections between accept() and their first request's end (Server.process_request)
 MAX_CONNECTIONS = 2048  # connection threads at once; beyond, a new connection gets OVERLOADED and is closed
 OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
@@ -202,46 +204,67 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("http %s", format % args)
 
     def setup(self) -> None:
-        super().setup()
         self._in_gate = False
+        self._admitting = True  # holds one of the server's ADMITTING places (Server.process_request)
+        try:
+            super().setup()
+        except BaseException:
+            self._admitted()
+            raise
 
     def handle(self) -> None:
+        """The first request of a connection goes through the server's gate; later ones on a kept-alive
+        connection (a Prometheus that scrapes) go straight to handle_one_request.
+
+        Nothing is held while waiting on the client: a connection that has sent nothing yet gives its
+        admission place back and waits alone (a silent client costs its thread, nothing else). One whose
+        bytes are there does its TLS handshake, then is read (HEAD_SECONDS for the rest of its head) and
+        answered inside the gate, and leaves it before writing the answer or waiting for a probe."""
         conn = self.connection
-        if isinstance(conn, ssl.SSLSocket):
-            # The handshake runs here, in the connection's own thread, under its timeout; a failure is the
-            # client's (a plain-HTTP request, an unknown CA, a port scan), so one line, not a traceback.
-            try:
-                conn.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.info(
-                    "TLS handshake failed",
-                    extra={"peer": _peer(self.client_address), "reason": _reason(exc)},
-                )
-                return
-        # The first request: wait for its first bytes holding nothing, then read and answer it inside the
-        # gate, with HEAD_SECONDS for the rest of its head (a client that sends half a request and stalls
-        # gives the gate back at once). Kept-alive connections' later requests skip the gate.
         self.close_connection = True
-        if not self._readable():
-            return
-        self.server.gate.acquire()  # type: ignore[attr-defined]
-        self._in_gate = True
         try:
+            if not self._wait_readable():
+                return
+            if isinstance(conn, ssl.SSLSocket):
+                # In the connection's own thread, with the time its head gets; a failure is the client's (a
+                # plain-HTTP request, an unknown CA, a port scan), so one line, not a traceback.
+                conn.settimeout(HEAD_SECONDS)
+                try:
+                    conn.do_handshake()
+                except (ssl.SSLError, OSError) as exc:
+                    log.info("TLS handshake failed", extra={"peer": _peer(self.client_address), "reason": _reason(exc)})
+                    return
+                conn.settimeout(self.timeout)
+                if not self._wait_readable():
+                    return
+            self.server.gate.acquire()  # type: ignore[attr-defined]
+            self._in_gate = True
             conn.settimeout(HEAD_SECONDS)
             self.handle_one_request()
         finally:
             self._leave_gate()
+            self._admitted()
         while not self.close_connection:
             self.handle_one_request()
 
-    def _readable(self) -> bool:
-        """Whether the client sent something within `timeout` (poll: no FD_SETSIZE limit, no GIL held)."""
+    def _wait_readable(self) -> bool:
+        """Whether the client has sent something, waiting up to `timeout` for it; an admission place is
+        held for FIRST_BYTES_SECONDS at most, then given back for the rest of the wait (poll: no FD_SETSIZE
+        limit, no interpreter lock held while waiting)."""
         conn = self.connection
         if isinstance(conn, ssl.SSLSocket) and conn.pending():
             return True
         poller = select.poll()
         poller.register(conn, select.POLLIN | select.POLLPRI)
+        if poller.poll(FIRST_BYTES_SECONDS * 1000 if self._admitting else 0):
+            return True
+        self._admitted()
         return bool(poller.poll(self.timeout * 1000))
+
+    def _admitted(self) -> None:
+        if self._admitting:
+            self._admitting = False
+            self.server.admitting.release()  # type: ignore[attr-defined]
 
     def _send(
         self,
@@ -283,15 +306,14 @@ class Handler(BaseHTTPRequestHandler):
         self._guarded(self._post)
 
     def _leave_gate(self) -> None:
-        """The first request of a connection is parsed and handled inside the server's gate (handle());
-        requests on a kept-alive connection (a Prometheus that scrapes) go straight through. A flood of new
-        connections then has at most NEW_CONNECTION_GATE threads contending for the interpreter, instead of
-        1,000, and a scraper's request is answered in milliseconds while the flood is worked through in
-        order. Left before anything that waits: writing an answer, waiting for a probe."""
+        """Leave the gate (see handle()). A flood of new connections has at most NEW_CONNECTION_GATE threads
+        contending for the interpreter, instead of 1,000, and a scraper's request is answered in
+        milliseconds while the flood is worked through in order."""
         if self._in_gate:
             self._in_gate = False
             self.connection.settimeout(self.timeout)
             self.server.gate.release()  # type: ignore[attr-defined]
+            self._admitted()
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         """A bug in one request is that request's 500 and one log line; the server and the probes go on."""
@@ -562,6 +584,7 @@ class Server(ThreadingHTTPServer):
         self.web = web
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.gate = threading.Semaphore(NEW_CONNECTION_GATE)
+        self.admitting = threading.BoundedSemaphore(ADMITTING)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, handler)
@@ -589,9 +612,15 @@ class Server(ThreadingHTTPServer):
                     request.sendall(OVERLOADED)
             self.shutdown_request(request)
             return
+        # At most ADMITTING new connections between accept() and the end of their first request (or their
+        # first wait on the client): the rest of a flood waits in the listen queue, not as hundreds of
+        # threads that all want the interpreter and the address space at once (stalls of every thread, the
+        # scraper's included, of 137-259 ms with 800-950 started).
+        self.admitting.acquire()
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self.admitting.release()
             self._slots.release()
             raise
 
