@@ -10,6 +10,7 @@ uplink is 150 Mbit/s, below its three 100 Mbit/s villages), without any DESANET_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -195,25 +196,39 @@ def test_clean_village_goodput_is_its_contract_each_way(caps_lab: CapsLab, slug:
     assert not misses, (misses, f"ideal {ideal / 1e6:.3f} Mbit/s")
 
 
+def _together(lab: CapsLab, villages: list[str], *extra: str) -> list[float] | None:
+    """iperf3 to several villages at once (6 s, the first omitted): each one's goodput, or None if one failed
+    to run (its server still closing a previous test)."""
+    procs = [
+        lab.noc_start("iperf3", "-c", lab.address(s), "-p", "5201", "-t", "6", "-O", "1", "-J", *extra)
+        for s in villages
+    ]
+    outs: list[float] = []
+    try:
+        for p in procs:
+            out, _err = p.communicate(timeout=60)
+            data = json.loads(out or "{}")
+            if p.returncode != 0 or "error" in data:
+                return None
+            outs.append(float(data["end"]["sum_received"]["bits_per_second"]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    return outs
+
+
 def test_kecamatan_uplink_caps_the_sum_of_its_villages(caps_lab: CapsLab) -> None:
     villages = [v["slug"] for v in caps_lab.plan["villages"] if v["kecamatan"] == 2]  # Banyuwangi
     assert len(villages) == 3
     ideal = UPLINK_MBIT * 1e6 * IDEAL
     for extra in ((), ("-R",)):
-        procs = [
-            caps_lab.noc_start("iperf3", "-c", caps_lab.address(s), "-p", "5201", "-t", "6", "-O", "1", "-J", *extra)
-            for s in villages
-        ]
-        outs = []
-        try:
-            for p in procs:
-                out, _err = p.communicate(timeout=60)
-                outs.append(json.loads(out)["end"]["sum_received"]["bits_per_second"])
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(5)
+        outs = _together(caps_lab, villages, *extra)
+        if outs is None:
+            time.sleep(1)
+            outs = _together(caps_lab, villages, *extra)
+        assert outs is not None, f"iperf3 {extra} failed twice"
         # Each village alone could take 100 Mbit/s; together they get the uplink's 150, not 300.
         assert abs(sum(outs) / ideal - 1) < 0.03, (extra, [o / 1e6 for o in outs], ideal / 1e6)
 
@@ -235,7 +250,8 @@ def test_saturated_link_queues_about_its_buffer(caps_lab: CapsLab) -> None:
                 time.sleep(1.5)  # the queue fills within buffer / (30 - 20 Mbit/s) = 0.1 × buffer
                 rtts = _ping(caps_lab, address, 60, 0.05)
             finally:
-                out, _err = flood.communicate(timeout=30)
+                out, err = flood.communicate(timeout=30)
+            assert flood.returncode == 0, (out[-300:], err)
             udp = json.loads(out)["end"]["sum"]
             # The window reaches back past the flood's start (the CLI takes a moment to ask): the traffic
             # before it is a few idle echoes, none near the cap.
@@ -249,7 +265,9 @@ def test_saturated_link_queues_about_its_buffer(caps_lab: CapsLab) -> None:
             assert link["dropped_loss_packets"] == link["dropped_blackhole_packets"] == 0, link
             sent = udp["packets"] + 60 + 20  # the datagrams, this flood's echoes, the idle ones before
             assert abs(link["offered_packets"] - sent) <= 0.01 * sent, (link, udp)
-            assert link["dropped_queue_packets"] >= udp["lost_packets"] + 60 - len(rtts), (link, udp, len(rtts))
+            # (2 % slack: on a loaded VM the kernel's per-CPU backlog may drop a few itself, outside any queue)
+            lost = udp["lost_packets"] + 60 - len(rtts)
+            assert link["dropped_queue_packets"] >= 0.98 * lost, (link, udp, len(rtts))
             assert abs(link["passed_bytes"] * 8 / 20e6 - 6) < 0.5, link  # 6 s at the cap (±sampling edges)
             # 30 Mbit/s offered to 20: the full tail-drop queue drops a third of what comes, echoes included.
             assert len(rtts) >= 20, rtts
@@ -286,3 +304,58 @@ def test_truth_counts_drops_by_cause_and_keeps_its_old_keys(caps_lab: CapsLab) -
     assert {"delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "buffer_ms"} <= set(v["configured"]["down"])
     assert set(truth) >= {"window_seconds", "villages", "kecamatan"}
     assert set(truth["kecamatan"]["Gambiran"]) >= {"configured", "applied", "link"}
+
+
+def test_whole_district_comes_up_capped_within_a_minute_and_goes_down_clean(tmp_path: Path) -> None:
+    """217 villages in 25 kecamatan (the district's real size), every link capped, all agents running."""
+    why = _have_lab_prerequisites()
+    if why:
+        pytest.skip(f"lab: {why}")
+    inv = tmp_path / "district.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "desanet.cli", "inventory", "synth", "--villages", "217", "-o", str(inv)],
+        check=True,
+        capture_output=True,
+    )
+    prefix = f"d{os.getpid() % 100000}"
+    env = _no_secrets_env(prefix)
+    t0 = time.monotonic()
+    up = subprocess.run(
+        [sys.executable, "-m", "desanet.cli", "lab", "up", "--inventory", str(inv)],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    elapsed = time.monotonic() - t0
+    pids: list[int] = []
+    try:
+        assert up.returncode == 0, up.stderr
+        state = json.loads((RUN / prefix / "state.json").read_text())
+        pids = [e["pid"] for e in state["pids"].values()]
+        assert elapsed <= 60, f"lab up took {elapsed:.1f} s"
+        nss = [state["plan"]["core_ns"], *(k["ns"] for k in state["plan"]["kecamatan"])]
+        tbf = classes = 0
+        for ns in nss:
+            qd = json.loads(
+                subprocess.run(["tc", "-n", ns, "-j", "qdisc", "show"], capture_output=True, text=True).stdout
+            )
+            tbf += sum(1 for q in qd if q.get("kind") == "tbf")
+            cl = subprocess.run(
+                ["tc", "-n", ns, "-j", "class", "show", "dev", "uplink"], capture_output=True, text=True
+            )
+            classes += sum(1 for c in json.loads(cl.stdout or "[]") if c.get("class") == "htb")
+        # Each village: a tbf toward it and an htb class from it; each uplink: a tbf each way.
+        assert (tbf, classes) == (217 + 2 * 25, 217)
+        assert len(pids) == 3 + 2 * 217  # emulator, sampler, reflectors; snmpd and iperf3 in each village
+    finally:
+        down = subprocess.run(
+            [sys.executable, "-m", "desanet.cli", "lab", "down"], env=env, text=True, capture_output=True, timeout=300
+        )
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{prefix}-")]
+    assert not (RUN / prefix).exists()
+    for pid in pids:  # gone, or a zombie awaiting its parent
+        with contextlib.suppress(FileNotFoundError):
+            assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
