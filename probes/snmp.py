@@ -2,8 +2,8 @@
 
 Same face as the other probes: `await probe(target, settings) -> SnmpResult`, plain numbers in SI units
 (seconds, bits per second, dBm, °C, amperes, volts, metres). `SnmpPoller` owns what must be shared to poll
-the whole district at once: one pysnmp engine per event loop (warmed at start), a per-agent semaphore, a
-cap on requests in flight, and the SNMPv3 state below.
+the whole district at once: one UDP socket per address family, a per-agent semaphore, a cap on requests in
+flight, and the SNMPv3 state below.
 
 How a poll goes (libs.md §1 has the measurements behind these choices; bench/snmp the scale figures):
 - Numeric OIDs only, names from the small table `OID_NAMES`; no MIB is compiled at run time.
@@ -20,26 +20,26 @@ How a poll goes (libs.md §1 has the measurements behind these choices; bench/sn
   without a restart, is found within that many polls; agents are spread over that cycle, so each poll
   walks about 1/REWALK_EVERY of them). Agents whose optics come from ENTITY-SENSOR-MIB
   are always walked. A dead agent costs one timeout (the requests wait in parallel) and nothing more.
-- SNMPv2c messages are coded here (`encode_request`, `decode_response`) and sent from one UDP socket
-  per address family: pyasn1's generic BER decoder was ~75 % of the poller's CPU in a profile (~0.15 ms
-  per varbind plus ~1.4 ms per PDU); the v2c subset of BER is small and fixed. SNMPv3 goes through
-  pysnmp (USM authentication and privacy), still without hlapi's per-varbind MIB lookups.
+- SNMP messages are coded in-house and sent from one UDP socket per address family: v2c in
+  probes/snmp_v2c.py (pyasn1's generic BER decoder was ~75 % of the poller's CPU in a profile, ~0.15 ms
+  per varbind plus ~1.4 ms per PDU; the v2c subset of BER is small and fixed), SNMPv3's USM authentication
+  and privacy around the same PDUs in probes/snmp_v3.py (through pysnmp's engine an authPriv village cost
+  13-25 ms of CPU per poll, now about 1.4 times a v2c one).
 - `max_in_flight` (32) bounds requests in flight over all agents: answers wait in the socket while the
   loop decodes others, and the timeout keeps running meanwhile; with pysnmp decoding v2c, 128 in flight
   made healthy agents time out on this 2-vCPU box. With the v2c codec, 64 or 128 were no faster at
   1,000 agents (the agents were the limit), so 32 stays.
-- SNMPv3: each agent's engine ID is discovered once (an unauthenticated request that the agent answers
-  with a Report) and the user is registered for that engine ID only. pysnmp otherwise keeps one key set
-  per user name per engine: two villages with the same user name and different keys would overwrite each
-  other's keys while both are in flight. Pass phrases are hashed to master keys once (RFC 3414 §A.2,
-  ~12 ms each) and only localized per agent.
+- SNMPv3: each agent's engine ID, boots and time are discovered once (an unauthenticated request that the
+  agent answers with a Report) and kept per agent; a Report that the agent's clock or engine ID moved on (a
+  restart: notInTimeWindow, unknownEngineID) is adopted and the request tried once more. Pass phrases are
+  hashed to master keys once (RFC 3414 §A.2, ~12 ms each) and localized once per engine ID.
 - Errors come back as words in `SnmpResult.error`, never as exceptions, and never with a secret in them.
   A wrong auth key is a Report (WrongDigest) and is quick; a wrong privacy key is silence (net-snmp drops
   what it cannot decrypt), so when an agent answers discovery but not the encrypted request we say so.
 
 Why one file over 800 lines: one prober per protocol, as blackbox_exporter keeps them. The poller's walk,
-known-row GETs, re-walk rules and SNMPv3 discovery share each agent's layout and state; the v2c codec, which
-needs none of that, is apart in probes/snmp_v2c.py.
+known-row GETs, re-walk rules and SNMPv3 discovery share each agent's layout and state; the message codecs,
+which need none of that, are apart in probes/snmp_v2c.py and probes/snmp_v3.py.
 """
 
 from __future__ import annotations
@@ -57,29 +57,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from pyasn1.type.univ import Null
-from pysnmp.carrier.asyncio.dgram import udp as _udp
-from pysnmp.carrier.asyncio.dgram import udp6 as _udp6
-from pysnmp.entity import config as _config
-from pysnmp.entity.rfc3413.cmdgen import BulkCommandGeneratorSingleRun, GetCommandGenerator
-from pysnmp.hlapi.v3arch.asyncio import (
-    CommunityData,
-    ContextData,
-    ObjectIdentity,
-    ObjectType,
-    SnmpEngine,
-    Udp6TransportTarget,
-    UdpTransportTarget,
-    UsmUserData,
-    get_cmd,
-)
-from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
-from pysnmp.hlapi.varbinds import CommandGeneratorVarBinds
-from pysnmp.proto.rfc1902 import ObjectName, OctetString
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 from pysnmp.proto.rfc1905 import errorStatus as _error_status_type
 
-from desanet.probes.snmp_v2c import TAG_BULK, TAG_GET, V2cSocket, decode_response, encode_request, encode_varbind
+from desanet.probes import snmp_v3
+from desanet.probes.snmp_v2c import TAG_BULK, TAG_GET, SnmpSocket, decode_response, encode_request, encode_varbind
 
 # ---------------------------------------------------------------------------------------------- OIDs
 Oid = tuple[int, ...]
@@ -179,8 +161,6 @@ AUTH_PROTOCOLS = ("SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5")
 PRIV_PROTOCOLS = ("AES", "AES192", "AES256", "DES")
 
 
-_LCD = CommandGeneratorLcdConfigurator()  # its state lives in each engine, so one instance serves all
-_NULL = Null("")
 _ERROR_STATUS = {int(v): k for k, v in _error_status_type.namedValues.items()}
 
 
@@ -332,8 +312,15 @@ _Polled = tuple[float | None, tuple[SnmpInterface, ...], tuple[SnmpOptic, ...], 
 @dataclass
 class _Agent:
     key: tuple[str, int]
-    transport: Any
     semaphore: asyncio.Semaphore
+
+
+@dataclass
+class _V3:
+    """An SNMPv3 poll's credentials and the agent's engine as known (replaced when a Report says it moved)."""
+
+    user: snmp_v3.User
+    engine: snmp_v3.Engine
 
 
 @dataclass
@@ -374,55 +361,35 @@ class SnmpPoller:
             raise ValueError("max_per_agent and max_in_flight must be at least 1")
         self.max_per_agent = max_per_agent
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._engine: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._agents: dict[tuple[str, int, float, int], _Agent] = {}
         self._semaphores: dict[tuple[str, int], asyncio.Semaphore] = {}
-        self._engine_ids: dict[tuple[str, int], bytes] = {}  # used for v3 requests
-        self._reported_ids: dict[tuple[str, int], bytes] = {}  # last seen in any Report
-        self._master_keys: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
+        self._engine_ids: dict[tuple[str, int], snmp_v3.Engine] = {}  # each v3 agent's engine ID, boots, time
+        self._users: dict[tuple[str, ...], snmp_v3.User] = {}  # v3 credentials → master keys, hashed once
         self._rows_seen: dict[tuple[tuple[str, int], str], int] = {}
         self._layouts: dict[tuple[str, int], _Layout] = {}
         self._learned: set[tuple[str, int]] = set()
         self._carries: dict[tuple[str, int], _Carry] = {}  # 32-bit octet counters' wraps, per agent
-        self._v2c: dict[int, V2cSocket] = {}  # address family → socket
+        self._v2c: dict[int, SnmpSocket] = {}  # address family → socket, for v2c and v3 alike
         self._request_id = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
-        self._bulk_gen = BulkCommandGeneratorSingleRun()
-        self._get_gen = GetCommandGenerator()
-        self._pending: set[asyncio.Future[Any]] = set()
         self._start_lock = asyncio.Lock()
         self._ready = False
 
     # -- life cycle
     async def start(self) -> None:
-        """Make the engine on the running loop, warm it up and open its sockets (idempotent)."""
+        """Tie the poller to the running loop and open its IPv4 socket (idempotent)."""
         async with self._start_lock:
             if self._ready:
                 return
             self._loop = asyncio.get_running_loop()
-            self._engine = SnmpEngine()
-            self._engine.observer.register_observer(self._on_report, "rfc3412.prepareDataElements:internal")
-            self._warm_up()
-            await self._open_transports()
+            await self._v2c_socket(socket.AF_INET)
             self._ready = True
 
     async def close(self) -> None:
-        """Stop reading, let answers already read be handled, then close. Polls still waiting fail with
-        "poller closed" instead of hanging (pysnmp stops its timeout timer when its dispatcher closes)."""
-        if self._engine is None:
+        """Close the sockets. Polls still waiting fail with "poller closed" instead of hanging."""
+        if not self._ready:
             return
-        engine, self._engine, self._ready = self._engine, None, False
-        dispatcher = engine.transport_dispatcher
-        for domain in (_udp.DOMAIN_NAME, _udp6.DOMAIN_NAME):
-            with contextlib.suppress(Exception):
-                dispatcher.get_transport(domain).transport.close()  # no more reads from the socket
-        for _ in range(3):  # datagrams already read are queued callbacks: run them while still registered
-            await asyncio.sleep(0)
-        with contextlib.suppress(Exception):
-            engine.close_dispatcher()
-        for future in list(self._pending):
-            if not future.done():
-                future.set_exception(SnmpError("the SNMP poller was closed"))
+        self._ready = False
         for sock in self._v2c.values():
             sock.close(SnmpError("the SNMP poller was closed"))
         self._v2c.clear()
@@ -435,58 +402,18 @@ class SnmpPoller:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _warm_up(self) -> None:
-        """Pay pysnmp's one-time costs now rather than in the first village's timeout: the MIB view used to
-        build varbinds, the USM and privacy modules, the AES cipher import. Sends nothing."""
-        CommandGeneratorVarBinds().make_varbinds(self._engine.cache, (ObjectType(ObjectIdentity("1.3.6.1.2.1.1.3.0")),))
-        for name in ("SNMP-USER-BASED-SM-MIB", "PYSNMP-USM-MIB", "SNMP-TARGET-MIB", "SNMP-COMMUNITY-MIB"):
-            with contextlib.suppress(Exception):
-                self._engine.get_mib_builder().load_modules(name)
-        with contextlib.suppress(Exception):
-            _config.PRIV_SERVICES[_config.USM_PRIV_CFB128_AES].hash_passphrase(_config.USM_AUTH_HMAC96_SHA, b"warm-up!")
-            from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: F401
-
-    async def _open_transports(self) -> None:
-        """Open the engine's UDP sockets now, with a receive buffer for a whole district's answers.
-
-        Answers to every request in flight can arrive while the loop is busy decoding (pysnmp spends a few
-        ms per answer); the kernel's default buffer (rmem_default, ~208 KB) holds about a hundred of them
-        and drops the rest, which then look like timeouts. The kernel caps the size at rmem_max."""
-        for domain, cls in (
-            (_udp.DOMAIN_NAME, _udp.UdpAsyncioTransport),
-            (_udp6.DOMAIN_NAME, _udp6.Udp6AsyncioTransport),
-        ):
-            transport = None
-            try:
-                transport = cls().open_client_mode()
-                for _ in range(200):  # bounded: the datagram endpoint is made by a task on this loop
-                    if transport.transport is not None:
-                        break
-                    await asyncio.sleep(0.005)
-                sock = transport.transport.get_extra_info("socket") if transport.transport is not None else None
-                if sock is None:
-                    transport.close_transport()
-                    continue
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-                _config.add_transport(self._engine, domain, transport)
-            except Exception:  # no IPv6 here, say: pysnmp opens what it needs on first use
-                if transport is not None:
-                    with contextlib.suppress(Exception):
-                        transport.close_transport()
-
     # -- public
     async def poll(self, target: str, settings: SnmpSettings) -> SnmpResult:
         t0 = time.monotonic()
         if not self._ready:
             await self.start()
         if asyncio.get_running_loop() is not self._loop:
-            raise RuntimeError("an SnmpPoller belongs to the event loop that started it (pysnmp engines cannot move)")
+            raise RuntimeError("an SnmpPoller belongs to the event loop that started it (its sockets cannot move)")
         try:
             uptime, interfaces, optics, sensor_rows = await self._poll(target, settings)
         except SnmpError as exc:
             return SnmpResult(target, False, _scrub(str(exc), settings), None, (), (), time.monotonic() - t0)
-        except Exception as exc:  # a pysnmp or decoding bug must cost one village, not the poll loop
+        except Exception as exc:  # a decoding bug must cost one village, not the poll loop
             msg = f"SNMP failure: {type(exc).__name__}: {exc}"
             return SnmpResult(target, False, _scrub(msg, settings), None, (), (), time.monotonic() - t0)
         return SnmpResult(target, True, None, uptime, interfaces, optics, time.monotonic() - t0, sensor_rows)
@@ -512,9 +439,8 @@ class SnmpPoller:
             # more timeout (its own), and only when it has just gone quiet.
             self._engine_ids.pop(agent.key, None)
             if not fresh:
-                quick = await self._agent(target, replace(s, retries=0))
                 try:
-                    await self._discover(quick, s)
+                    await self._discover(agent, replace(s, retries=0))
                 except SnmpError:
                     raise SnmpTimeout(_timeout_words(s)) from None
             raise SnmpError(
@@ -708,28 +634,65 @@ class SnmpPoller:
         self, agent: _Agent, auth: Any, s: SnmpSettings, nonrep: int, reps: int, oids: Sequence[Oid]
     ) -> list[tuple[Any, Any]]:
         """One GETBULK."""
+        encoded = b"".join(encode_varbind(o) for o in oids)
         if s.version == "2c":
-            encoded = b"".join(encode_varbind(o) for o in oids)
             return await self._v2c_request(agent, s, TAG_BULK, nonrep, reps, encoded)
-        return await self._pysnmp_request(agent, auth, s, self._bulk_gen, (nonrep, reps), oids)
+        return await self._v3_request(agent, auth, s, TAG_BULK, nonrep, reps, encoded)
 
     async def _get(
         self, agent: _Agent, auth: Any, s: SnmpSettings, oids: Sequence[Oid], encoded: bytes
     ) -> list[tuple[Any, Any]]:
-        """One GET of `oids` (`encoded` is their v2c varbind list, ready made)."""
+        """One GET of `oids` (`encoded` is their varbind list, ready made)."""
         if s.version == "2c":
             return await self._v2c_request(agent, s, TAG_GET, 0, 0, encoded)
-        return await self._pysnmp_request(agent, auth, s, self._get_gen, (), oids)
+        return await self._v3_request(agent, auth, s, TAG_GET, 0, 0, encoded)
 
     async def _v2c_request(
         self, agent: _Agent, s: SnmpSettings, tag: int, a: int, b: int, varbinds: bytes
     ) -> list[tuple[Any, Any]]:
         assert s.community is not None
+        rid = self._next_id()
+        data = await self._exchange(agent, s, rid, encode_request(s.community.encode(), tag, rid, a, b, varbinds))
+        try:
+            es, ex, vbs = decode_response(data)
+        except (IndexError, ValueError):
+            raise SnmpError("the agent's answer is not valid SNMP (BER)") from None
+        return _answer(es, ex, vbs)
+
+    async def _v3_request(
+        self, agent: _Agent, auth: _V3, s: SnmpSettings, tag: int, a: int, b: int, varbinds: bytes
+    ) -> list[tuple[Any, Any]]:
+        """One authPriv GET or GETBULK (probes/snmp_v3.py codes it). A Report that the agent restarted (its
+        boots and time moved on: notInTimeWindow) or is another engine now (unknownEngineID) carries the
+        agent's new engine; it is adopted and the request tried once more, as RFC 3414 §4 discovery would."""
+        for last in (False, True):
+            rid = self._next_id()
+            message = snmp_v3.encode_request(auth.user, auth.engine, rid, tag, a, b, varbinds)
+            data = await self._exchange(agent, s, rid, message)
+            try:
+                es, ex, vbs = snmp_v3.decode_response(data, auth.user, auth.engine, rid)
+            except snmp_v3.UsmError as exc:
+                if last or exc.engine is None or exc.kind not in ("NotInTimeWindow", "UnknownEngineID"):
+                    raise _indication_error(exc, s) from None
+                auth.engine = self._engine_ids[agent.key] = exc.engine
+                continue
+            except (IndexError, ValueError):
+                raise SnmpError("the agent's answer is not valid SNMPv3 (BER)") from None
+            return _answer(es, ex, vbs)
+        raise AssertionError("unreachable")
+
+    def _next_id(self) -> int:
+        """The next request-id (v3: also the msgID), unique among the poller's requests in flight."""
+        self._request_id = (self._request_id + 1) & 0x3FFFFFFF
+        return self._request_id
+
+    async def _exchange(
+        self, agent: _Agent, s: SnmpSettings, rid: int, message: bytes, during: str | None = None
+    ) -> bytes:
+        """Send `message` and wait for the datagram the agent answers it with (matched by id `rid`), sending
+        it again after each `timeout_seconds` up to `retries` times."""
         family = socket.AF_INET6 if ":" in agent.key[0] else socket.AF_INET
         sock = self._v2c.get(family) or await self._v2c_socket(family)
-        self._request_id = (self._request_id + 1) & 0x3FFFFFFF
-        rid = self._request_id
-        message = encode_request(s.community.encode(), tag, rid, a, b, varbinds)
         loop = asyncio.get_running_loop()
         async with agent.semaphore, self._in_flight:
             future: asyncio.Future[bytes] = loop.create_future()
@@ -747,71 +710,32 @@ class SnmpPoller:
                     transport.sendto(message, agent.key)
                     timer[0] = loop.call_later(s.timeout_seconds, expire)
                 else:
-                    future.set_exception(SnmpTimeout(_timeout_words(s)))
+                    future.set_exception(SnmpTimeout(_timeout_words(s, during)))
 
             sock.pending[rid] = (future, agent.key)
             transport.sendto(message, agent.key)
             timer = [loop.call_later(s.timeout_seconds, expire)]
             try:
-                data = await future
+                return await future
             finally:
                 timer[0].cancel()
                 sock.pending.pop(rid, None)
-        try:
-            es, ex, vbs = decode_response(data)
-        except (IndexError, ValueError):
-            raise SnmpError("the agent's answer is not valid SNMP (BER)") from None
-        if es:
-            status = _ERROR_STATUS.get(es, str(es))
-            if status == "tooBig":
-                raise _TooBig()
-            raise SnmpError(f"the agent answered with error {status} (at varbind {ex})")
-        return vbs
 
-    async def _v2c_socket(self, family: int) -> V2cSocket:
+    async def _v2c_socket(self, family: int) -> SnmpSocket:
+        """The poller's socket for an address family, with a receive buffer for a whole district's answers:
+        answers to every request in flight can arrive while the loop is busy decoding, and the kernel's
+        default buffer (rmem_default, ~208 KB) holds about a hundred of them and drops the rest, which then
+        look like timeouts. The kernel caps the size at rmem_max."""
         sock = self._v2c.get(family)
         if sock is None:
             loop = asyncio.get_running_loop()
-            _, sock = await loop.create_datagram_endpoint(V2cSocket, family=family)
+            _, sock = await loop.create_datagram_endpoint(SnmpSocket, family=family)
             raw = sock.transport.get_extra_info("socket") if sock.transport is not None else None
             if raw is not None:
                 with contextlib.suppress(OSError):
                     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             self._v2c[family] = sock
         return sock
-
-    async def _pysnmp_request(
-        self, agent: _Agent, auth: Any, s: SnmpSettings, generator: Any, head: tuple[int, ...], oids: Sequence[Oid]
-    ) -> list[tuple[Any, Any]]:
-        """One GET or GETBULK through pysnmp (SNMPv3). This is hlapi's get_cmd/bulk_cmd without its
-        per-varbind MIB resolution of the request (a large share of a poll's CPU when profiled, and useless
-        with numeric OIDs)."""
-        varbinds = [(ObjectName(o), _NULL) for o in oids]
-        async with agent.semaphore, self._in_flight:
-            addr_name, _params = _LCD.configure(self._engine, auth, agent.transport, b"")
-            future: asyncio.Future[tuple[Any, int, int, Any]] = asyncio.get_running_loop().create_future()
-
-            def done(_engine: Any, _handle: Any, ei: Any, es: Any, ex: Any, vbs: Any, _ctx: Any) -> None:
-                if not future.done():
-                    future.set_result((ei, int(es or 0), int(ex or 0), vbs))
-
-            generator.send_varbinds(self._engine, addr_name, None, b"", *head, varbinds, done)
-            self._pending.add(future)
-            try:
-                # pysnmp times the request out itself; this bound only guards against a lost callback.
-                ei, es, ex, vbs = await asyncio.wait_for(future, s.worst_case_seconds + 5)
-            except TimeoutError:
-                raise SnmpTimeout(_timeout_words(s)) from None
-            finally:
-                self._pending.discard(future)
-        if ei:
-            raise _indication_error(ei, s)
-        if es:
-            status = _ERROR_STATUS.get(es, str(es))
-            if status == "tooBig":
-                raise _TooBig()
-            raise SnmpError(f"the agent answered with error {status} (at varbind {ex})")
-        return list(vbs)
 
     # -- agents, auth
     async def _agent(self, target: str, s: SnmpSettings) -> _Agent:
@@ -820,84 +744,64 @@ class SnmpPoller:
         if agent is not None:
             return agent
         try:
-            v6 = ipaddress.ip_address(target).version == 6
+            family = socket.AF_INET6 if ipaddress.ip_address(target).version == 6 else socket.AF_INET
         except ValueError:
-            v6 = False
-        cls = Udp6TransportTarget if v6 else UdpTransportTarget
+            family = socket.AF_INET  # a name: its IPv4 address, as before
         try:
-            transport = await cls.create((target, s.port), timeout=s.timeout_seconds, retries=s.retries)
-        except Exception as exc:
+            infos = await asyncio.get_running_loop().getaddrinfo(target, s.port, family=family, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
             raise SnmpError(f"cannot resolve {target}: {exc}") from None
-        addr = transport.transport_address
+        addr = infos[0][4]
         akey = (str(addr[0]), int(addr[1]))
         sem = self._semaphores.setdefault(akey, asyncio.Semaphore(self.max_per_agent))
-        agent = self._agents[key] = _Agent(akey, transport, sem)
+        agent = self._agents[key] = _Agent(akey, sem)
         return agent
 
-    async def _auth(self, agent: _Agent, s: SnmpSettings) -> tuple[Any, bool]:
+    async def _auth(self, agent: _Agent, s: SnmpSettings) -> tuple[_V3 | None, bool]:
+        """What a v3 request needs (the user's keys and the agent's engine, discovered on first use) and
+        whether the engine was discovered just now; nothing for v2c."""
         if s.version == "2c":
-            return CommunityData(s.community, mpModel=1), False
+            return None, False
         fresh = False
-        engine_id = self._engine_ids.get(agent.key)
-        if engine_id is None:
-            engine_id = await self._discover(agent, s)
+        engine = self._engine_ids.get(agent.key)
+        if engine is None:
+            engine = await self._discover(agent, s)
             fresh = True
-        auth_proto = _AUTH_PROTOCOL_IDS[s.auth_protocol.upper()]
-        priv_proto = _PRIV_PROTOCOL_IDS[s.priv_protocol.upper()]
-        ku_auth, ku_priv = self._master(s, auth_proto, priv_proto)
-        auth = UsmUserData(
-            s.user,
-            ku_auth,
-            ku_priv,
-            authProtocol=auth_proto,
-            privProtocol=priv_proto,
-            securityEngineId=OctetString(engine_id),
-            authKeyType=_config.USM_KEY_TYPE_MASTER,
-            privKeyType=_config.USM_KEY_TYPE_MASTER,
-        )
-        return auth, fresh
+        return _V3(self._user(s), engine), fresh
 
-    def _master(self, s: SnmpSettings, auth_proto: Any, priv_proto: Any) -> tuple[bytes, bytes]:
-        assert s.auth_key is not None and s.priv_key is not None
-        key = (s.auth_protocol.upper(), s.auth_key, s.priv_protocol.upper(), s.priv_key)
-        got = self._master_keys.get(key)
+    def _user(self, s: SnmpSettings) -> snmp_v3.User:
+        assert s.user is not None and s.auth_key is not None and s.priv_key is not None
+        key = (s.user, s.auth_protocol.upper(), s.auth_key, s.priv_protocol.upper(), s.priv_key)
+        got = self._users.get(key)
         if got is None:
-            ku_auth = _config.AUTH_SERVICES[auth_proto].hash_passphrase(s.auth_key.encode())
-            ku_priv = _config.PRIV_SERVICES[priv_proto].hash_passphrase(auth_proto, s.priv_key.encode())
-            got = self._master_keys[key] = (bytes(ku_auth), bytes(ku_priv))
+            got = self._users[key] = snmp_v3.User(s.user, s.auth_protocol, s.auth_key, s.priv_protocol, s.priv_key)
         return got
 
-    async def _discover(self, agent: _Agent, s: SnmpSettings) -> bytes:
-        """The agent's snmpEngineID, from the Report it sends to an unauthenticated request (RFC 3414 §4)."""
-        self._reported_ids.pop(agent.key, None)
-        async with agent.semaphore, self._in_flight:
-            request = get_cmd(
-                self._engine,
-                UsmUserData("desanet-discovery"),
-                agent.transport,
-                ContextData(),
-                ObjectType(ObjectIdentity((*SYS_UPTIME, 0))),
-                lookupMib=False,
-            )
-            try:
-                ei, _es, _ex, _vbs = await asyncio.wait_for(request, s.worst_case_seconds + 5)
-            except TimeoutError:
-                raise SnmpTimeout(_timeout_words(s, "SNMPv3 discovery")) from None
-        engine_id = self._reported_ids.get(agent.key)
-        if engine_id:
-            self._engine_ids[agent.key] = engine_id
-            return engine_id
-        if ei:
-            raise _indication_error(ei, s, during="SNMPv3 discovery")
-        raise SnmpError("the agent did not tell its SNMPv3 engine ID")
+    async def _discover(self, agent: _Agent, s: SnmpSettings) -> snmp_v3.Engine:
+        """The agent's engine ID, boots and time, from the Report it sends to an unauthenticated request
+        (RFC 3414 §4)."""
+        rid = self._next_id()
+        data = await self._exchange(agent, s, rid, snmp_v3.encode_discovery(rid), during="SNMPv3 discovery")
+        try:
+            engine = snmp_v3.read_discovery(data)
+        except snmp_v3.UsmError as exc:
+            if exc.kind == "NoEngineID":
+                raise SnmpError("the agent did not tell its SNMPv3 engine ID") from None
+            raise _indication_error(exc, s, during="SNMPv3 discovery") from None
+        except (IndexError, ValueError):
+            raise SnmpError("the agent's answer to SNMPv3 discovery is not valid SNMPv3") from None
+        self._engine_ids[agent.key] = engine
+        return engine
 
-    def _on_report(self, _engine: Any, _point: str, variables: dict[str, Any], _ctx: Any) -> None:
-        addr = variables.get("transportAddress")
-        eid = variables.get("securityEngineId")
-        if addr is not None and eid is not None:
-            raw = bytes(eid.asOctets() if hasattr(eid, "asOctets") else eid)
-            if raw:
-                self._reported_ids[(str(addr[0]), int(addr[1]))] = raw
+
+def _answer(status: int, index: int, vbs: list[tuple[Oid, Any]]) -> list[tuple[Oid, Any]]:
+    """The varbinds of a Response, or its error-status as an exception (tooBig apart: the caller splits)."""
+    if status:
+        name = _ERROR_STATUS.get(status, str(status))
+        if name == "tooBig":
+            raise _TooBig()
+        raise SnmpError(f"the agent answered with error {name} (at varbind {index})")
+    return vbs
 
 
 def _chunks(oids: list[Oid], limit: int) -> list[tuple[int, int, bytes]]:
@@ -1249,9 +1153,8 @@ def _timeout_words(s: SnmpSettings, during: str | None = None) -> str:
 
 
 def _indication_error(ei: Any, s: SnmpSettings, during: str | None = None) -> SnmpError:
-    kind = type(ei).__name__
-    if kind == "RequestTimedOut":
-        return SnmpTimeout(_timeout_words(s, during))
+    """Words for an SNMPv3 indication: a Report's kind (snmp_v3.UsmError), named as pysnmp names them."""
+    kind = getattr(ei, "kind", type(ei).__name__)
     if kind in ("UnknownEngineID", "NotInTimeWindow"):
         return SnmpStale(
             "the agent's SNMPv3 engine ID or clock changed (restarted or replaced?); it is learned again on the "
@@ -1262,32 +1165,12 @@ def _indication_error(ei: Any, s: SnmpSettings, during: str | None = None) -> Sn
         "UnknownUserName": f"SNMPv3 user {s.user!r} is unknown to the agent",
         "UnsupportedSecLevel": f"the agent does not allow authPriv for SNMPv3 user {s.user!r}",
         "DecryptionError": "SNMPv3 decryption failed: wrong privacy key or privacy protocol",
-        "EncryptionError": "SNMPv3 privacy is unavailable here: install the 'cryptography' package",
-        "UnknownSecurityName": f"SNMPv3 user {s.user!r} is not configured here",
     }
     where = f" during {during}" if during else ""
-    return SnmpError(words.get(kind, f"SNMP error{where}: {ei}"))
+    return SnmpError(words.get(kind, f"SNMPv3 error{where}: the agent reports {kind}"))
 
 
 def _scrub(message: str, s: SnmpSettings) -> str:
     for secret in s.secrets:
         message = message.replace(secret, "<secret>")
     return message
-
-
-_AUTH_PROTOCOL_IDS = {
-    "SHA": _config.USM_AUTH_HMAC96_SHA,
-    "SHA224": _config.USM_AUTH_HMAC128_SHA224,
-    "SHA256": _config.USM_AUTH_HMAC192_SHA256,
-    "SHA384": _config.USM_AUTH_HMAC256_SHA384,
-    "SHA512": _config.USM_AUTH_HMAC384_SHA512,
-    "MD5": _config.USM_AUTH_HMAC96_MD5,
-}
-# AES is RFC 3826 AES-128. For 192/256 bits there are two key extensions; the Reeder one (pysnmp's
-# USM_PRIV_CFB256_AES) is what Cisco and most vendors ship, net-snmp's own AES-256 uses Blumenthal's.
-_PRIV_PROTOCOL_IDS = {
-    "AES": _config.USM_PRIV_CFB128_AES,
-    "AES192": _config.USM_PRIV_CFB192_AES,
-    "AES256": _config.USM_PRIV_CFB256_AES,
-    "DES": _config.USM_PRIV_CBC56_DES,
-}
