@@ -165,11 +165,10 @@ def test_optical_values_set_by_the_lab_come_back_from_snmpd(lab: Lab) -> None:
 
 
 def test_village_snmpd_serves_its_real_interface_counters(lab: Lab) -> None:
-    slug = "licin"
-    community = LAB_SECRETS["DESANET_SNMP_COMMUNITY"]
-    walk = lab.noc(
-        "snmpwalk", "-v2c", "-c", community, "-On", "-Oq", lab.address(slug), ".1.3.6.1.2.1.31.1.1.1.1", timeout=10
-    )
+    slug = "licin"  # SNMPv3 authPriv, the inventory's default
+    auth, priv = LAB_SECRETS["DESANET_SNMP_AUTH_KEY"], LAB_SECRETS["DESANET_SNMP_PRIV_KEY"]
+    v3 = ["-v3", "-l", "authPriv", "-u", "desanet", "-a", "SHA", "-A", auth, "-x", "AES", "-X", priv]
+    walk = lab.noc("snmpwalk", *v3, "-On", "-Oq", lab.address(slug), ".1.3.6.1.2.1.31.1.1.1.1", timeout=10)
     names = dict(line.split(" ", 1) for line in walk.stdout.splitlines())
     assert "up0" in [n.strip('"') for n in names.values()]
 
