@@ -6,9 +6,10 @@ net-snmp snmpd written by lab/snmp_agent.write_agent_files; `--per-snmpd` addres
 (one endpoint list on its command line) so that 1,000 villages do not need 1,000 processes. Every snmpd is
 stopped by its PID at the end.
 
-Reports, as one JSON line: the first poll (fresh poller: v3 discovery, full walks), the median of `--rounds`
-steady polls (wall and poller CPU), and the same reads done by net-snmp's `snmpbulkget` (one process per table
-per village, `--cli-jobs` at a time) as a reference.
+Reports, as one JSON line per `--v3-every` value: the first poll (fresh poller: v3 discovery, full walks), the
+median of `--rounds` steady polls (wall and poller CPU), and the same reads done by net-snmp's `snmpbulkget` (one
+process per table per village, `--cli-jobs` at a time) as a reference. `--v3-every 0 1` polls the same agents
+all v2c, then all SNMPv3 authPriv, so the two CPU figures sit side by side (the v3 row carries the ratio).
 """
 
 from __future__ import annotations
@@ -159,22 +160,32 @@ def inside(args: argparse.Namespace) -> None:
     procs = start_agents(base, args.villages, args.per_snmpd)
     try:
         wait_ready(args.villages, args.per_snmpd)
-        row: dict[str, object] = {
-            "villages": args.villages,
-            "snmpd_processes": len(procs),
-            "v3_every": args.v3_every,
-            "max_in_flight": args.max_in_flight,
-            "cores": os.cpu_count(),
-            "loadavg_before": os.getloadavg()[0],
-        }
-        row |= asyncio.run(run_poller(args.villages, args.rounds, args.v3_every, args.max_in_flight))
-        if args.cli_jobs:
-            row |= asyncio.run(run_cli(args.villages, args.cli_jobs, int(row["interfaces_per_village"])))  # type: ignore[call-overload]
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        v2c_cpu: float | None = None
+        for k, v3_every in enumerate(args.v3_every):
+            row: dict[str, object] = {"note": args.note} if args.note else {}
+            row |= {
+                "villages": args.villages,
+                "snmpd_processes": len(procs),
+                "v3_every": v3_every,
+                "max_in_flight": args.max_in_flight,
+                "cores": os.cpu_count(),
+                "loadavg_before": os.getloadavg()[0],
+            }
+            row |= asyncio.run(run_poller(args.villages, args.rounds, v3_every, args.max_in_flight))
+            cpu = float(row["steady_cpu_ms_per_village"])  # type: ignore[arg-type]
+            if v3_every == 0:
+                v2c_cpu = cpu
+            elif v3_every == 1 and v2c_cpu:
+                row["v2c_steady_cpu_ms_per_village"] = v2c_cpu  # the same agents, just before
+                row["v3_over_v2c_cpu"] = round(cpu / v2c_cpu, 2)
+            if args.cli_jobs and k == 0:
+                row |= asyncio.run(run_cli(args.villages, args.cli_jobs, int(row["interfaces_per_village"])))  # type: ignore[call-overload]
+            row["loadavg_after"] = os.getloadavg()[0]
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(line + "\n")
     finally:
         stop_agents(procs)
         shutil.rmtree(base, ignore_errors=True)
@@ -187,7 +198,15 @@ def main() -> None:
     ap.add_argument("--veth-pairs", type=int, default=2, help="veth pairs beside lo (2: five interfaces per agent)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-in-flight", type=int, default=32, help="SnmpPoller(max_in_flight=…); 32 is its default")
-    ap.add_argument("--v3-every", type=int, default=0, help="every k-th village uses SNMPv3 authPriv (0: none)")
+    ap.add_argument(
+        "--v3-every",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="every k-th village uses SNMPv3 authPriv (0: none, 1: all); several values run one after another "
+        "on the same agents (`0 1`: v2c and v3 CPU side by side)",
+    )
+    ap.add_argument("--note", help="a note written into each row")
     ap.add_argument("--cli-jobs", type=int, default=8, help="snmpbulkget processes at once (0: skip the reference)")
     ap.add_argument("--out", help="append the JSON lines here")
     args = ap.parse_args()
