@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pysnmp.carrier.base import AbstractTransport, AbstractTransportDispatcher
 from pysnmp.entity import config as pysnmp_config
 from pysnmp.entity import engine as pysnmp_engine
@@ -232,6 +236,38 @@ def test_request_layout_as_pysnmp_reads_it() -> None:
     # and the keys are pysnmp's: the RFC 3414 A.3.2 test vector (pass phrase "maplesyrup", SHA)
     vector = snmp_v3.User("u", "SHA", "maplesyrup", "AES", "maplesyrup").keys(bytes.fromhex("000000000000000000000002"))
     assert vector.auth.hex() == "6695febc9288e36282235fc7151f128497b38f3f"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_damaged_answer_is_refused_in_words(data: st.DataObject) -> None:
+    """Whatever bytes come back (cut, changed, or a report's and a response's parts mixed up), decoding ends in
+    UsmError (a Report or a failed check) or ValueError/IndexError (not SNMPv3), which the poller words."""
+    engine, user, answers = _fuzz_material()
+    raw = bytearray(data.draw(st.sampled_from(answers)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    raw = raw[: data.draw(st.integers(0, len(raw)))]
+    for read in (
+        lambda: snmp_v3.decode_response(bytes(raw), user, snmp_v3.Engine(engine.engine_id, engine.boots, 0), 31),
+        lambda: snmp_v3.read_discovery(bytes(raw)),
+    ):
+        with contextlib.suppress(snmp_v3.UsmError, ValueError, IndexError):
+            read()
+
+
+@functools.cache
+def _fuzz_material() -> tuple[snmp_v3.Engine, snmp_v3.User, list[bytes]]:
+    """Real answers of pysnmp's agent to start from: a discovery Report, a Response, a wrongDigest Report."""
+    agent = PysnmpAgent("SHA", "DES")
+    engine = _discovered(agent)
+    user = snmp_v3.User(USER, "SHA", AUTH_PASS, "DES", PRIV_PASS)
+    answers = [agent.ask(snmp_v3.encode_discovery(30))]
+    answers.append(agent.ask(snmp_v3.encode_request(user, engine, 31, TAG_GET, 0, 0, encode_varbind(SYS_DESCR))))
+    wrong = snmp_v3.User(USER, "SHA", "another-auth-pass", "DES", PRIV_PASS)
+    answers.append(agent.ask(snmp_v3.encode_request(wrong, engine, 31, TAG_GET, 0, 0, encode_varbind(SYS_DESCR))))
+    return engine, user, [a for a in answers if a]
 
 
 def test_protocol_tables_match_the_settings() -> None:
