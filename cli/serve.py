@@ -142,7 +142,7 @@ async def _serve(
     gc.freeze()
     start_serving(httpd, listen)
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, app.reload))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("serving", extra={"villages": len(monitor.villages), "address": listen, "shard": f"{shard[0]}/{shard[1]}"})

@@ -143,6 +143,7 @@ class Coalesced(Generic[T]):
         # For renders: a run under way, or one finished less than max_age_seconds ago, is fresh enough.
         self._max_age = max_age_seconds
         self._finished_at = -math.inf
+        self._floor = 0  # the first run a caller may be given (invalidate)
         self._cond = threading.Condition()
         self._started = 0
         self._finished = 0
@@ -151,9 +152,10 @@ class Coalesced(Generic[T]):
 
     def __call__(self) -> T:
         with self._cond:
-            if self._max_age > 0 and self._result[0] and time.monotonic() - self._finished_at < self._max_age:
+            fresh = time.monotonic() - self._finished_at < self._max_age and self._finished >= self._floor
+            if fresh and self._result[0]:
                 return cast(T, self._result[1])
-            target = self._started + (0 if self._max_age > 0 and self._running else 1)
+            target = max(self._floor, self._started + (0 if self._max_age > 0 and self._running else 1))
             while self._finished < target:
                 if not self._running and self._started < target:
                     self._started += 1
@@ -174,6 +176,11 @@ class Coalesced(Generic[T]):
         if not ok:
             raise value
         return cast(T, value)
+
+    def invalidate(self) -> None:
+        """Callers from now on get a run that starts after this call (after a reload, say)."""
+        with self._cond:
+            self._floor = self._started + 1
 
 
 @dataclass(frozen=True)
@@ -444,7 +451,7 @@ class App:
     ):
         self.monitor = monitor
         self.loop = loop
-        self.reload = Coalesced(reload_fn)  # concurrent POSTs share a reload that started after they came
+        self._reload = Coalesced(reload_fn)  # concurrent POSTs share a reload that started after they came
         self.reload_state = reload_state
         self.web = web
         self.admission = Admission()
@@ -459,6 +466,16 @@ class App:
         self.metrics_body = Coalesced(lambda: Body.of(self.metrics()), max_age_seconds=RENDER_MAX_AGE_SECONDS)
         self._status: dict[str | None, Coalesced[Body]] = {}
         self._status_lock = threading.Lock()
+
+    def reload(self) -> str | None:
+        """Re-read the inventory (None, or why not); the next /metrics and status page show the outcome."""
+        try:
+            return self._reload()
+        finally:
+            self.metrics_body.invalidate()
+            with self._status_lock:
+                for render in self._status.values():
+                    render.invalidate()
 
     def auth(self) -> Authenticator:
         return self.web.current().auth if self.web is not None else _OPEN

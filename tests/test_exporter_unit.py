@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import shutil
 import statistics
@@ -109,6 +110,131 @@ def test_rendered_village_passes_promtool() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _full_state(stamp_age: float = 10.0) -> tuple[VillageState, float]:
+    """A village with every probe's result (lo and an SFP port, an optic, a degraded trace, a throughput test,
+    two profiles, a session), evaluated as the scheduler does; and the time it was evaluated at."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from desanet.district import load_inventory
+    from desanet.exporter.scheduler import Monitor
+    from tests.test_check import icmp, snmp, stamp, trace_to, udp
+
+    inv = load_inventory(ROOT / "inventory.yaml")
+    village = next(v for v in inv.villages if v.slug == "kabat")
+    monitor = Monitor(inv)
+    monitor.apply_inventory(inv)  # no probe starts: start() is never called
+    vs = monitor.villages["kabat"]
+    now = time.time()
+    window = icmp([0.004, 0.006, 0.005, None, 0.007] * 12, burst=None)  # 1 s apart: no 200 ms burst
+    vs.icmp_window = dataclasses.replace(window, ipdv_seconds=0.0015, pdv_seconds=0.003)
+    for rtt in (0.004, 0.006, None, 0.2):
+        vs.observe_rtt("icmp", rtt)
+    vs.stamp, vs.stamp_at = stamp(jitter=0.002), now - stamp_age
+    for rtt in (0.01, 0.011):
+        vs.observe_rtt("stamp", rtt)
+    vs.throughput = {"down": (udp(8e6), now - 60), "up": (udp(6e6), now - 60)}
+    vs.throughput_bytes = 3_000_000
+    vs.snmp_prev, vs.snmp_prev_at = snmp(octets=1000), now - 30
+    vs.snmp, vs.snmp_at = snmp(octets=2000, errors=1), now
+    vs.trace, vs.trace_at = trace_to(village.address, 2), now
+    for probe in ("snmp", "stamp", "trace", "throughput"):
+        vs.status(probe).record(probe != "trace", 0.5)
+    monitor.evaluate(vs, datetime.now(ZoneInfo(inv.timezone)))
+    return vs, now
+
+
+def _series(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def _families(b: LineBuilder) -> set[str]:
+    return {name for name, lines in b.out.items() if lines}
+
+
+def test_lean_render_leaves_the_finer_families_out_and_stays_under_50_series() -> None:
+    """The default (lean) set: under 50 series for a village with two profiles, STAMP, SNMP (one port besides
+    lo, one optic), a trace and a throughput test; no detail-only family; no per-profile constant."""
+    from desanet.exporter.metrics import DETAIL_ONLY, SHARED
+
+    vs, now = _full_state()
+    assert len(vs.profiles) == 2 and set(vs.readiness) == {p.name for p in vs.profiles}
+    lean = render_village(vs, now)
+    text = "".join(line for lines in lean.out.values() for line in lines)
+    assert not (_families(lean) & (DETAIL_ONLY | SHARED)), _families(lean) & (DETAIL_ONLY | SHARED)
+    assert len(_series(text)) <= 50, len(_series(text))
+    assert 'interface="lo"' not in text and 'interface="sfp1"' in text
+    assert 'method="stamp"' not in text.split("desanet_jitter_seconds")[0]  # no STAMP histogram
+    assert text.count("desanet_video_mos{") == 1 and "profile" not in text.split("desanet_video_mos{")[1].split("}")[0]
+    full = render_village(vs, now, detail=True)
+    assert _families(full) >= DETAIL_ONLY, DETAIL_ONLY - _families(full)
+    assert len(_series("".join(x for lines in full.out.values() for x in lines))) > 2 * len(_series(text))
+
+
+def test_exported_jitter_is_the_jitter_the_verdict_judges() -> None:
+    """Fresh STAMP: its two one-way figures, whose worse the verdict takes; a STAMP result older than 2.5
+    intervals no longer counts for the verdict, so ICMP's round-trip jitter is exported in its place (the old
+    renderer kept showing the stale STAMP figures while the verdict had moved to ICMP's)."""
+    from desanet.exporter.scheduler import Monitor
+
+    for age, expected in ((10.0, {("stamp", "down"), ("stamp", "up")}), (3600.0, {("icmp", "round_trip")})):
+        vs, now = _full_state(stamp_age=age)
+        m = Monitor.measurements(Monitor.__new__(Monitor), vs)  # the verdict's inputs (no inventory needed)
+        for detail in (False, True):
+            text = "".join(render_village(vs, now, detail=detail).out["desanet_jitter_seconds"])
+            got = {
+                (line.split('method="')[1].split('"')[0], line.split('direction="')[1].split('"')[0]): float(
+                    line.rsplit(" ", 1)[1]
+                )
+                for line in text.splitlines()
+            }
+            judged = {k: v for k, v in got.items() if k[0] == "stamp" and k[1] != "round_trip"} or {
+                k: v for k, v in got.items() if k[0] == "icmp"
+            }
+            assert max(judged.values()) == pytest.approx(m.jitter_seconds), (age, detail)
+            if not detail:
+                assert set(got) == expected, (age, got)
+
+
+def test_goodput_is_exported_while_the_verdict_counts_it() -> None:
+    vs, now = _full_state()
+    assert "desanet_throughput_bytes_per_second" in render_village(vs, now).out
+    vs.throughput = {k: (d, now - 90_000) for k, (d, _) in vs.throughput.items()}  # over a day old
+    assert "desanet_throughput_bytes_per_second" not in render_village(vs, now).out
+    assert "desanet_throughput_last_test_timestamp_seconds" in render_village(vs, now, detail=True).out
+
+
+def test_shared_constants_are_rendered_once_from_the_verdicts_limits() -> None:
+    from desanet.district import load_inventory
+    from desanet.exporter.metrics import render_shared
+    from desanet.verdict import readiness as rd
+
+    inv = load_inventory(ROOT / "inventory.yaml")
+    out = render_shared(inv).out
+    lines = out["desanet_profile_threshold"]
+    assert len(lines) == len(inv.profiles) * len(rd.FACTORS) * 2
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="rtt",level="at_risk"} 0.1\n' in lines
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="rtt",level="not_ready"} 0.15\n' in lines
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="down",level="not_ready"} 400000\n' in lines
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="down",level="at_risk"} 500000\n' in lines
+    assert len(out["desanet_session_duration_seconds"]) == len(inv.sessions)
+    assert all("village=" not in line for line in lines)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (scripts/setup.sh)")
+@pytest.mark.parametrize("detail", [False, True])
+def test_full_render_passes_promtool(detail: bool) -> None:
+    from desanet.district import load_inventory
+    from desanet.exporter.metrics import SHARED_KEY, render_shared
+
+    vs, now = _full_state()
+    ex = Exposition(list(SPECS))
+    ex.put("kabat", render_village(vs, now, detail=detail))
+    ex.put(SHARED_KEY, render_shared(load_inventory(ROOT / "inventory.yaml")))
+    proc = subprocess.run(["promtool", "check", "metrics"], input=ex.render(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_shards_cover_every_village_exactly_once() -> None:
     slugs = [f"v{i:05d}" for i in range(2000)]
     for n in (1, 2, 3, 7):
@@ -191,7 +317,7 @@ def test_basic_auth_spends_the_same_work_on_an_unknown_user(tmp_path: Path) -> N
 
     known, unknown = median_seconds("noc"), median_seconds("tamu")
     assert known > 0.01  # cost 10 is tens of milliseconds on any machine this runs on
-    assert 0.6 < unknown / known < 1.6, (known, unknown)
+    assert 0.5 < unknown / known < 2.0, (known, unknown)  # was 0.008: 0.55 ms against 72 ms
 
 
 def test_admission_allows_one_probe_per_village_and_module_per_allowance() -> None:
@@ -237,6 +363,14 @@ def test_coalesced_calls_share_one_run_that_started_after_they_came() -> None:
     for t in [first, *late]:
         t.join(5)
     assert len(runs) == 2 and sorted(results) == [1] + [2] * 20
+
+
+def test_coalesced_renders_are_reused_briefly_and_never_after_invalidate() -> None:
+    runs = iter(range(1, 100))
+    c = Coalesced(lambda: next(runs), max_age_seconds=60.0)
+    assert c() == 1 and c() == 1  # fresh enough: a flood of scrapes costs one render
+    c.invalidate()  # a reload: the next body must show it
+    assert c() == 2 and c() == 2
 
 
 def test_on_demand_results_cannot_push_scheduled_failures_out_of_the_log() -> None:
