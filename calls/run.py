@@ -1,0 +1,202 @@
+"""One call, start to end: the call server and the far end's Chromium here, the village's Chromium behind a
+command prefix (the lab: `ip netns exec <village ns>`), stats collected until the call's time is up.
+
+Run it where the far end lives (the lab runs `python -m desanet.calls.run` inside the NOC namespace). It returns
+raw per-second `getStats()` samples; judging them is verdict/call_outcome.py's job.
+
+One call at a time on a host (a lock file): a starved CPU looks like congestion to Chrome's delay-based
+estimator, and two calls are four browsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from desanet.calls import y4m
+from desanet.calls.browser import Browser, find_chromium
+from desanet.calls.server import ROLES, CallServer
+
+LOCK_PATH = Path("/run/lock/desanet-call.lock")
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """The picture and bitrate of the profile, how long to call and how long to wait for it to connect."""
+
+    width: int = 640
+    height: int = 360
+    fps: int = 30
+    kbit: int = 1000
+    seconds: float = 30.0
+    connect_timeout: float = 12.0
+
+
+@dataclass
+class CallRun:
+    """What happened: connected or why not, the setup time and each side's per-second samples."""
+
+    connected: bool = False
+    error: str | None = None
+    setup_s: float | None = None
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # per browser, over the whole call
+    rss_bytes: dict[str, int] = field(default_factory=dict)  # per browser, at the end of the call
+    seconds: float = 0.0
+
+
+class CallError(Exception):
+    """The call could not be made at all (no Chromium, another call holding the lock)."""
+
+
+@contextlib.contextmanager
+def one_call_at_a_time(wait: float, path: Path = LOCK_PATH) -> Iterator[None]:
+    """Hold the host's call lock, waiting up to `wait` seconds for a call under way to finish."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CallError(f"another call is under way on this host (lock {path}); one at a time") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _state_of(events: list[dict[str, Any]]) -> str | None:
+    states = [e["connection"] for e in events if "connection" in e]
+    return states[-1] if states else None
+
+
+def _errors(events: list[dict[str, Any]]) -> list[str]:
+    return [str(e["error"]) for e in events if "error" in e]
+
+
+def run_call(bind: str, village_prefix: list[str], spec: CallSpec, binary: str | None = None) -> CallRun:
+    """Make one call from the village's browser to a far end here; never raises for a call that fails."""
+    chromium = binary or find_chromium()
+    if chromium is None:
+        raise CallError("no Chromium found (install Debian's chromium, or set DESANET_CHROMIUM)")
+    with one_call_at_a_time(wait=spec.seconds + 60), tempfile.TemporaryDirectory(prefix="desanet-call-") as tmp:
+        video = y4m.write(Path(tmp) / "pattern.y4m", spec.width, spec.height, spec.fps)
+        server = CallServer(bind).start()
+        call_id = uuid.uuid4().hex[:12]
+        server.add_call(call_id, spec.width, spec.height, spec.fps, spec.kbit)
+        run = CallRun()
+        browsers: dict[str, Browser] = {}
+        try:
+            t0 = time.monotonic()
+            browsers["farend"] = Browser.start(chromium, server.url(call_id, "farend"), server.origin, video)
+            browsers["village"] = Browser.start(
+                chromium, server.url(call_id, "village"), server.origin, video, prefix=village_prefix
+            )
+            run.error = _wait_connected(server, call_id, browsers, t0, spec.connect_timeout)
+            if run.error is None:
+                run.connected = True
+                run.setup_s = round(time.monotonic() - t0, 3)
+                run.error = _wait_call(server, call_id, browsers, spec.seconds)
+            for role, b in browsers.items():
+                run.cpu_s[role], run.rss_bytes[role] = b.usage()
+            server.stop_call(call_id)
+            time.sleep(1.5)  # the pages' next stats post learns to hang up
+            snap = server.snapshot(call_id)
+            run.samples, run.events = snap.samples, snap.events
+            run.seconds = round(time.monotonic() - t0, 3)
+        finally:
+            for b in browsers.values():
+                b.stop()
+            server.close()
+        return run
+
+
+def _exited(browsers: dict[str, Browser]) -> str | None:
+    for role, b in browsers.items():
+        code = b.proc.poll()
+        if code is not None:
+            return f"the {role}'s Chromium exited with code {code}: {b.log_tail(3)}"
+    return None
+
+
+def _wait_connected(
+    server: CallServer, call_id: str, browsers: dict[str, Browser], t0: float, timeout: float
+) -> str | None:
+    """None once both ends say 'connected', else why not (in words a technician can act on)."""
+    while True:
+        snap = server.snapshot(call_id)
+        states = {r: _state_of(snap.events[r]) for r in ROLES}
+        if all(s == "connected" for s in states.values()):
+            return None
+        errors = [f"{r}: {e}" for r in ROLES for e in _errors(snap.events[r])]
+        if errors:
+            return "the call page failed: " + "; ".join(errors)
+        if "failed" in states.values():
+            return "the call's media path failed (ICE) although signalling worked: UDP does not get through"
+        gone = _exited(browsers)
+        if gone:
+            return gone
+        waited = time.monotonic() - t0
+        if waited > timeout:
+            origin = server.origin
+            if "village" not in snap.opened:
+                return (
+                    f"the village's browser did not reach the far end at {origin} within {timeout:.0f} s: "
+                    "the path to the NOC is down or blocked"
+                )
+            if "farend" not in snap.signal:
+                return f"signalling with the far end did not finish within {timeout:.0f} s (the path drops requests)"
+            return f"the call did not connect within {timeout:.0f} s (signalled, but no media path: UDP blocked?)"
+        time.sleep(0.2)
+
+
+def _wait_call(server: CallServer, call_id: str, browsers: dict[str, Browser], seconds: float) -> str | None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        gone = _exited(browsers)
+        if gone:
+            return gone
+        time.sleep(0.5)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m desanet.calls.run`: one call, its raw record as JSON on stdout (the lab runs this in the NOC)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--bind", required=True, help="address of the call server, reachable from the village")
+    p.add_argument("--village-ns", help="network namespace of the village's browser (lab)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--kbit", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--connect-timeout", type=float, default=12.0)
+    a = p.parse_args(argv)
+    prefix = ["ip", "netns", "exec", a.village_ns] if a.village_ns else []
+    spec = CallSpec(a.width, a.height, a.fps, a.kbit, a.seconds, a.connect_timeout)
+    try:
+        run = run_call(a.bind, prefix, spec)
+    except (CallError, OSError, ValueError) as exc:
+        print(json.dumps({"connected": False, "error": str(exc), "could_not_call": True}))
+        return 2
+    print(json.dumps(asdict(run)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
