@@ -5,6 +5,7 @@ the seconds between them in, figures out."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,15 @@ class PortActivity:
     new_errors: int | None
 
 
+_LOOPBACK = re.compile(r"(lo|loopback)[\d.:]*", re.IGNORECASE)
+
+
+def is_loopback(name: str | None) -> bool:
+    """A loopback by its name (lo, lo0, Loopback0; Linux, RouterOS, Junos, IOS): IF-MIB's ifType would say so,
+    but the poller reads names only."""
+    return bool(name) and _LOOPBACK.fullmatch(name or "") is not None
+
+
 def busiest_port(before: SnmpResult | None, after: SnmpResult | None, seconds: float) -> PortActivity | None:
     """Speed minus the busier direction's rate on the busiest non-loopback port.
 
@@ -31,7 +41,7 @@ def busiest_port(before: SnmpResult | None, after: SnmpResult | None, seconds: f
     cur = after if after is not None and after.success else before
     if cur is None or not cur.success:
         return None
-    ports = [i for i in cur.interfaces if not (i.name or "").startswith("lo")]
+    ports = [i for i in cur.interfaces if not is_loopback(i.name)]
     if not ports:
         return None
     prev = {i.index: i for i in before.interfaces} if before is not None and before.success and cur is after else {}

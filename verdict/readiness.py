@@ -150,25 +150,58 @@ def _judge(
     return Check(factor, state, reason, value, unit, limit, fail_limit, higher_is_worse, excess)
 
 
-def checks(m: Measurements, profile: Profile) -> tuple[Check, ...]:
-    """Every factor, in FACTORS order, measured or not."""
-    rtt = _judge("rtt", m.rtt_p95_seconds, "seconds", profile.max_rtt_ms / 1000, profile.fail_rtt_ms / 1000, True)
-    jitter = _judge(
-        "jitter", m.jitter_seconds, "seconds", profile.max_jitter_ms / 1000, profile.fail_jitter_ms / 1000, True
-    )
-    loss = _judge("loss", m.loss_ratio, "ratio", profile.max_loss_pct / 100, profile.fail_loss_pct / 100, True)
-    if m.loss_ratio is not None and m.loss_ratio >= 1.0:
-        loss = Check("loss", "fail", "total_loss", 1.0, "ratio", loss.limit, loss.fail_limit, True, math.inf)
-    burst = _judge("burst_loss", m.burst_loss_ratio, "ratio", BURST_LIMIT_RATIO, BURST_FAIL_RATIO, True)
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Where a factor's verdict changes, in SI units: past `at_risk` it is at risk, past `not_ready` not ready
+    ("past" is above when `higher_is_worse`, below otherwise). `not_ready` is never on the better side of
+    `at_risk` (a profile's fail_* below its max_* is raised to it)."""
+
+    factor: Factor
+    at_risk: float
+    not_ready: float
+    higher_is_worse: bool
+    unit: Unit
+
+
+def limits(profile: Profile) -> tuple[Limit, ...]:
+    """Every factor's two boundaries for `profile`, in FACTORS order: what `checks` judges against, and what
+    the exporter publishes once per profile so rules and dashboards compare figures with the same numbers."""
     down_min = profile.min_down_mbit * 1e6
     up_min = profile.min_up_mbit * 1e6
     need = max(down_min, up_min)
-    down = _judge("down", m.down_bits_per_second, "bits_per_second", down_min * BANDWIDTH_MARGIN, down_min, False)
-    up = _judge("up", m.up_bits_per_second, "bits_per_second", up_min * BANDWIDTH_MARGIN, up_min, False)
-    headroom = _judge(
-        "headroom", m.interface_headroom_bits_per_second, "bits_per_second", need * BANDWIDTH_MARGIN, need, False
+    raw: tuple[tuple[Factor, float, float, bool, Unit], ...] = (
+        ("rtt", profile.max_rtt_ms / 1000, profile.fail_rtt_ms / 1000, True, "seconds"),
+        ("jitter", profile.max_jitter_ms / 1000, profile.fail_jitter_ms / 1000, True, "seconds"),
+        ("loss", profile.max_loss_pct / 100, profile.fail_loss_pct / 100, True, "ratio"),
+        ("burst_loss", BURST_LIMIT_RATIO, BURST_FAIL_RATIO, True, "ratio"),
+        ("down", down_min * BANDWIDTH_MARGIN, down_min, False, "bits_per_second"),
+        ("up", up_min * BANDWIDTH_MARGIN, up_min, False, "bits_per_second"),
+        ("headroom", need * BANDWIDTH_MARGIN, need, False, "bits_per_second"),
     )
-    return (rtt, jitter, loss, burst, down, up, headroom)
+    return tuple(
+        Limit(f, at_risk, max(fail, at_risk) if worse_up else min(fail, at_risk), worse_up, unit)
+        for f, at_risk, fail, worse_up, unit in raw
+    )
+
+
+def checks(m: Measurements, profile: Profile) -> tuple[Check, ...]:
+    """Every factor, in FACTORS order, measured or not."""
+    values: dict[Factor, float | None] = {
+        "rtt": m.rtt_p95_seconds,
+        "jitter": m.jitter_seconds,
+        "loss": m.loss_ratio,
+        "burst_loss": m.burst_loss_ratio,
+        "down": m.down_bits_per_second,
+        "up": m.up_bits_per_second,
+        "headroom": m.interface_headroom_bits_per_second,
+    }
+    out: list[Check] = []
+    for lim in limits(profile):
+        c = _judge(lim.factor, values[lim.factor], lim.unit, lim.at_risk, lim.not_ready, lim.higher_is_worse)
+        if lim.factor == "loss" and m.loss_ratio is not None and m.loss_ratio >= 1.0:
+            c = Check("loss", "fail", "total_loss", 1.0, "ratio", c.limit, c.fail_limit, True, math.inf)
+        out.append(c)
+    return tuple(out)
 
 
 def limiting_factor(cs: tuple[Check, ...] | list[Check]) -> Factor | None:
