@@ -816,11 +816,10 @@ def _shape_lines(state: dict[str, Any], link: Link, *, fresh: bool = False) -> l
     else:
         ifb = f"i{link.far_if}"
         if rate:
-            out += [
-                *([] if fresh else [f"qdisc del dev {link.far_if} ingress"]),
-                f"qdisc add dev {link.far_if} handle ffff: ingress",
-                f"filter add dev {link.far_if} parent ffff: protocol all prio 1 u32 match u32 0 0 "
-                f"action mirred egress redirect dev {ifb}",
+            out += [  # both idempotent: a later impair does not lift the redirect even for a moment
+                f"qdisc replace dev {link.far_if} handle ffff: ingress",
+                f"filter replace dev {link.far_if} parent ffff: protocol all prio 1 handle 800::800 u32 "
+                f"match u32 0 0 action mirred egress redirect dev {ifb}",
                 f"qdisc replace dev {ifb} root {' '.join(tbf_args(rate, buffer_ms))}",
             ]
         elif not fresh:

@@ -47,7 +47,9 @@ def _iperf3(lab: Lab, address: str, *, reverse: bool, seconds: int = 5) -> float
 
 
 def _cap(lab: Lab, slug: str, mbit: float, *extra: str) -> None:
-    lab.impair(slug, "--restore", "--rate", f"{mbit:g}", "--up-rate", f"{mbit:g}", *extra)
+    # The 50 ms queue (besides the bucket) these bounds were set with, not the lab's 30 ms default.
+    buffers = ("--buffer-ms", "50", "--up-buffer-ms", "50")
+    lab.impair(slug, "--restore", "--rate", f"{mbit:g}", "--up-rate", f"{mbit:g}", *buffers, *extra)
 
 
 def _plan(lab: Lab) -> dict[str, Any]:
@@ -61,16 +63,18 @@ def _tbf_drops(lab: Lab, slug: str) -> tuple[int, int]:
     v = next(v for v in plan["villages"] if v["slug"] == slug)
     kec = next(k for k in plan["kecamatan"] if k["index"] == v["kecamatan"])
 
-    def drops(ns: str, dev: str) -> int:
+    def drops(ns: str, dev: str, parent: str | None = None) -> int:
         out = subprocess.run(
             ["ip", "netns", "exec", ns, "tc", "-s", "-j", "qdisc", "show", "dev", dev],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        return sum(int(q.get("drops", 0)) for q in json.loads(out) if q.get("kind") == "tbf")
+        tbfs = [q for q in json.loads(out) if q.get("kind") == "tbf" and (parent is None or q.get("parent") == parent)]
+        return sum(int(q.get("drops", 0)) for q in tbfs)
 
-    return drops(kec["ns"], v["kec_if"]), drops(v["ns"], "up0")
+    # The cap toward the NOC is the tbf under the village's htb class on its kecamatan's uplink (lab.Link).
+    return drops(kec["ns"], v["kec_if"]), drops(kec["ns"], "uplink", f"1:{v['index']:x}")
 
 
 # --------------------------------------------------------------------------------------------- TCP goodput
