@@ -23,9 +23,9 @@ def _texture(width: int, height: int, seed: int) -> list[bytes]:
     out = []
     for y in range(height):
         g = grid[y // BLOCK]
-        # A little per-row ripple so blocks are not perfectly flat (a flat block costs the encoder nothing).
-        ripple = (y * 7) % 11
-        row = bytes(min(255, g[x // BLOCK] + ((x + ripple) % 9)) for x in range(width))
+        # A gentle ramp inside each block so it is not flat (a flat block costs the encoder nothing); per-pixel
+        # noise instead made the encoder drop 720p to 540p at 2.5 Mbit/s on a clean link, unlike a webcam.
+        row = bytes(min(255, g[x // BLOCK] + (x % BLOCK) + (y % BLOCK)) for x in range(width))
         out.append(row + row)
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -257,6 +258,98 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         sys.stdout.flush()
         os.execvpe(argv[0], argv, exec_env(os.environ))
+
+    @lab_app.command("call")
+    def call_cmd(
+        village: Annotated[str, typer.Argument(help="Village slug or name.")],
+        profile: Annotated[str | None, typer.Option(help="Profile to call at (default: the village's).")] = None,
+        duration: Annotated[float, typer.Option(min=10, max=600, help="Length of the call, seconds.")] = 30.0,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        video: Annotated[
+            str | None, typer.Option(help="Picture size instead of the profile's, WIDTHxHEIGHT (e.g. 640x360).")
+        ] = None,
+        fps: Annotated[int | None, typer.Option(help="Frame rate instead of the profile's.")] = None,
+        kbit: Annotated[
+            int | None, typer.Option(help="Video bitrate ceiling instead of the profile's, kbit/s.")
+        ] = None,
+    ) -> None:
+        """A real WebRTC call (headless Chromium) from the village to the NOC through the lab's path.
+
+        Prints each direction's outcome (holds, degraded, fails) and its figures. Exit 0 when both directions
+        hold, 1 when one is degraded or fails (a call that cannot connect fails), 2 when no call could be made."""
+        from desanet.lab.call import CallUnavailable, call
+
+        override: dict[str, int] = {}
+        if video:
+            w, _, h = video.lower().partition("x")
+            if not (w.isdigit() and h.isdigit()):
+                _fail(f"--video {video!r}: give WIDTHxHEIGHT, e.g. 640x360", 2)
+            override.update(video_width=int(w), video_height=int(h))
+        if fps is not None:
+            override["video_fps"] = fps
+        if kbit is not None:
+            override["video_kbit"] = kbit
+        try:
+            result = call(village, profile, seconds=duration, video=override)
+        except (CallUnavailable, InventoryError) as exc:
+            _fail(str(exc), 2)
+        o = result.outcome
+        if as_json:
+            rec = result.record
+            typer.echo(
+                json.dumps(
+                    {
+                        "village": result.village,
+                        "profile": result.profile.name,
+                        "video": {
+                            "width": result.profile.video_width,
+                            "height": result.profile.video_height,
+                            "fps": result.profile.video_fps,
+                            "kbit": result.profile.video_kbit,
+                        },
+                        "outcome": o.outcome,
+                        "connected": o.connected,
+                        "error": o.error,
+                        "setup_s": o.setup_s,
+                        "directions": {d: asdict(x) for d, x in o.directions.items()},
+                        "cpu_s": rec.get("cpu_s"),
+                        "memory_bytes": rec.get("rss_bytes"),
+                        "seconds": rec.get("seconds"),
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            for line in _call_lines(result):
+                typer.echo(line)
+        raise typer.Exit(0 if o.outcome == "holds" else 1)
+
+
+def _call_lines(result: Any) -> list[str]:
+    """A lab call in words: the setup, then one line per direction with its outcome and figures."""
+    p, o = result.profile, result.outcome
+    head = f"Call {result.village} <-> NOC at {p.name} ({p.video_width}x{p.video_height}, {p.video_fps} fps, "
+    head += f"{p.video_kbit} kbit/s): "
+    if not o.connected:
+        return [head + "did not connect", f"  fails: {o.error}"]
+    lines = [head + f"connected in {o.setup_s:.1f} s"]
+    names = {"up": "up   (village -> NOC)", "down": "down (NOC -> village)"}
+    for d, x in o.directions.items():
+        figures = (
+            f"{x.fps or 0:.0f} fps {x.width or 0}x{x.height or 0}, frozen {(x.freeze_ratio or 0):.1%}, "
+            f"audio concealed {(x.audio_concealment_ratio or 0):.1%}, loss {(x.video_loss_ratio or 0):.1%}, "
+            f"jitter buffer {x.jitter_buffer_ms or 0:.0f} ms, {x.kbit or 0:.0f} kbit/s, limited by {x.limitation}"
+        )
+        lines.append(f"  {names.get(d, d)}: {x.outcome:<8} {figures}")
+        lines.extend(f"      {r}" for r in x.reasons)
+    cpu, mem = result.record.get("cpu_s") or {}, result.record.get("rss_bytes") or {}
+    secs = result.record.get("seconds") or 0
+    if cpu and secs:
+        lines.append(
+            "  Chromium: "
+            + ", ".join(f"{r} {cpu[r] / secs:.2f} core {mem.get(r, 0) / 1e6:.0f} MB" for r in sorted(cpu))
+        )
+    return lines
 
 
 def _busy(x: dict[str, Any] | None) -> bool:

@@ -227,6 +227,14 @@ class Profile(_Model):
     dscp: Annotated[
         int, Field(ge=0, le=63, description="DSCP of the test packets (34 = AF41, RFC 4594 interactive video).")
     ] = 34
+    # The picture a real call of this profile sends (desanet lab call, the rehearsal page): what the vendor
+    # sends at its minimum bandwidth. The defaults are a 360p webcam call; the built-in profiles say theirs.
+    video_width: Annotated[int, Field(ge=160, le=3840, multiple_of=2, description="Call video width, pixels.")] = 640
+    video_height: Annotated[int, Field(ge=90, le=2160, multiple_of=2, description="Call video height, pixels.")] = 360
+    video_fps: Annotated[int, Field(ge=5, le=60, description="Call video frame rate, frames per second.")] = 30
+    video_kbit: Annotated[
+        int, Field(ge=100, le=20000, description="Most a call's video sends, kbit/s (its start bitrate is 80 %).")
+    ] = 1000
 
 
 DEFAULT_PROFILES: tuple[Profile, ...] = (
@@ -235,21 +243,36 @@ DEFAULT_PROFILES: tuple[Profile, ...] = (
         description="Google Meet HD, up to 5 participants (3.2 up, 3.2 down)",
         min_down_mbit=3.2,
         min_up_mbit=3.2,
+        video_width=1280,
+        video_height=720,
+        video_kbit=2600,
     ),
     Profile(
         name="teams-meeting",
         description="Microsoft Teams 2-party meeting video (4 / 4)",
         min_down_mbit=4.0,
         min_up_mbit=4.0,
+        video_width=1920,
+        video_height=1080,
+        video_kbit=3200,
     ),
     Profile(
         name="zoom-gallery",
         description="Zoom group call, gallery view or 720p (1.5 / 1.5)",
         min_down_mbit=1.5,
         min_up_mbit=1.5,
+        video_width=1280,
+        video_height=720,
+        video_kbit=1200,
     ),
     Profile(
-        name="zoom-1080p", description="Zoom group call at 1080p (2.5 down, 3.0 up)", min_down_mbit=2.5, min_up_mbit=3.0
+        name="zoom-1080p",
+        description="Zoom group call at 1080p (2.5 down, 3.0 up)",
+        min_down_mbit=2.5,
+        min_up_mbit=3.0,
+        video_width=1920,
+        video_height=1080,
+        video_kbit=2400,
     ),
 )
 
