@@ -338,7 +338,7 @@ def describe_step(step: Step, speed: float = 1.0) -> str:
         s = step.impair
         target = s.village or f"kecamatan {s.kecamatan}"
         flags = s.model_dump(exclude_none=True, exclude={"village", "kecamatan", "to", "over"}, exclude_defaults=True)
-        words = ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else k for k, v in flags.items())
+        words = ", ".join(_flag_words(k, v) for k, v in flags.items())
         if s.to is not None and s.over is not None:
             words += f"{', ' if words else ''}optical rx ramp to {s.to:g} dBm over {_dur(s.over / speed)}"
         return f"impair {target}: {words or 'nothing'}"
@@ -353,6 +353,19 @@ def describe_step(step: Step, speed: float = 1.0) -> str:
         r = step.restore
         return "restore everything" if r.all else f"restore {r.village or f'kecamatan {r.kecamatan}'}"
     return "note"
+
+
+_UNITS = {"delay": "ms", "jitter": "ms", "loss": "%", "rate": "Mbit/s", "buffer_ms": "ms", "dbm": "dBm"}
+
+
+def _flag_words(key: str, value: Any) -> str:
+    """'up delay 5 ms', 'buffer 400 ms', 'cut' — an impair step's flag as the progress line says it."""
+    if isinstance(value, bool):
+        return key
+    base = key.removeprefix("up_").removeprefix("optical_")
+    unit = _UNITS.get(base.rsplit("_", 1)[-1] if base.endswith("dbm") else base, "")
+    name = key.removesuffix("_ms").removesuffix("_dbm").replace("_", " ")
+    return f"{name} {value:g} {unit}".rstrip()
 
 
 def _dur(seconds: float) -> str:

@@ -12,6 +12,7 @@ EXTRAS=test ./scripts/setup.sh
 # values (and says so) and `desanet lab exec` passes them to what it runs, so nothing needs exporting here.
 
 desanet lab up
+desanet lab scenario run demo       # cross traffic (lab/scenarios/demo.yaml): updates, a cloud backup, a camera
 desanet lab impair pesanggaran --restore --delay 60 --jitter 50 --up-delay 10     # a congested last mile
 desanet lab impair sarongan --restore --loss 4 --up-loss 4                         # a dirty connector
 desanet lab impair kalibaru-manis --restore --rate 1 --up-rate 1                   # a throttled link

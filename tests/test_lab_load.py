@@ -150,10 +150,17 @@ def test_bulk_download_fills_a_village_link_and_only_that_one(lab: Lab, loads: l
     task = _start(lab, slug, "--kind", "bulk", "--flows", "8", "--for", "60")
     assert task["villages"] == [slug] and _alive(task["pid"], task["start"])
     time.sleep(2)  # cubic fills a 30 ms queue at 20 Mbit/s within a second
+    t0 = time.monotonic()
     loaded, loaded_other = _rtts(lab, lab.address(slug)), _rtts(lab, lab.address(other))
+    truth = lab.truth(time.monotonic() - t0)
     rise = statistics.median(loaded) - statistics.median(base)
     assert abs(rise - buffer_ms) <= 0.2 * buffer_ms, (rise, buffer_ms)
     assert abs(statistics.median(loaded_other) - statistics.median(base_other)) < 0.5, (base_other, loaded_other)
+    # The lab's own account agrees: the link passed its cap with its queue near full, the other link queued nothing.
+    link = truth["villages"][slug]["link"]["down"]
+    assert link["passed_mbit"] > 0.95 * link["cap_mbit"], link
+    assert abs(link["queue_delay_ms_p50"] - rise) < 0.1 * buffer_ms, (link, rise)
+    assert (truth["villages"][other]["link"]["down"]["queue_delay_ms_max"] or 0) < 1
 
     # desanet's own probes see it: the ICMP p95 carries the queue, the throughput test gets a share of the link.
     icmp = _probe(lab, env, "icmp", slug, "--count", "100", "--interval", "0.02", "--json")
@@ -161,8 +168,9 @@ def test_bulk_download_fills_a_village_link_and_only_that_one(lab: Lab, loads: l
     assert 0.8 * buffer_ms <= p95_ms - statistics.median(base) <= 1.2 * buffer_ms, p95_ms
     down_bps = json.loads(_probe(lab, env, *throughput).stdout)["down"]["bits_per_second"]
     # One flow against eight: a ninth of the link for a fair share. The probe's TCP is the host's default, and
-    # bbr (this VM's) takes more than its share from cubic: 2.7-5.8 of 19.1 Mbit/s measured, 9-13 against four.
-    assert down_bps < 0.5 * clean_bps, (down_bps, clean_bps)
+    # bbr (this VM's) takes more than its share from cubic, by how much varies run to run: 2.7-11.9 of 19.2
+    # Mbit/s measured against eight flows, 8.7-13.3 against four. Below 80 % of the clean figure either way.
+    assert down_bps < 0.8 * clean_bps, (down_bps, clean_bps)
     contract = lab.villages[slug]["down_mbit"] * 1e6
 
     status = lab.desanet("lab", "status").stdout
@@ -192,13 +200,17 @@ def test_filling_a_kecamatan_uplink_raises_every_village_behind_it(lab: Lab, loa
         task = _start(lab, "--kecamatan", kec, "--flows", "2", "--for", "60")
         assert sorted(task["villages"]) == sorted(inside)
         time.sleep(2)
+        t0 = time.monotonic()
         loaded = _fping(lab, addrs)
+        uplink = lab.truth(time.monotonic() - t0)["kecamatan"][kec]["link"]["down"]
     finally:
         lab.desanet("lab", "load", "--kecamatan", kec, "--stop", check=False)
         lab.restore(f"--kecamatan={kec}")
     for s in inside:
         rise = loaded[lab.address(s)] - base[lab.address(s)]
         assert abs(rise - buffer_ms) <= 0.2 * buffer_ms, (s, rise, buffer_ms)
+        assert abs(uplink["queue_delay_ms_p50"] - rise) < 0.1 * buffer_ms, (s, rise, uplink)  # truth agrees
+    assert uplink["passed_mbit"] > 0.95 * 20, uplink
     assert abs(loaded[lab.address(outside)] - base[lab.address(outside)]) < 0.5
 
 

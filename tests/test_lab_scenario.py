@@ -98,13 +98,15 @@ def test_timeline_compresses_every_time_and_brings_power_back() -> None:
         "name: t\ncause: c\nsteps:\n"
         "  - {at: 1h, reboot: {village: kabat, down_for: 10m}}\n"
         "  - {at: 0, load: {village: kabat, for: 2h}}\n"
-        "  - {at: 30m, impair: {village: kabat, to: -25, over: 3h}}\n",
+        "  - {at: 30m, impair: {village: kabat, to: -25, over: 3h}}\n"
+        "  - {at: 0, impair: {village: kabat, up_buffer_ms: 400, loss: 1, cut: true}}\n",
         "t.yaml",
         NAMES,
     )
     items, end = sc.timeline(scn, speed=60)
     assert [(it.t, it.step.action if it.step else f"power on {it.village}") for it in items] == [
         (0.0, "load"),
+        (0.0, "impair"),
         (30.0, "impair"),
         (60.0, "reboot"),
         (70.0, "power on kabat"),
@@ -112,6 +114,8 @@ def test_timeline_compresses_every_time_and_brings_power_back() -> None:
     assert end == 210.0  # the ramp ends last: 30 min + 3 h, at 60x
     assert sc.describe_step(scn.steps[1], 60) == "load kabat: bulk, 4 flows, down as fast as TCP goes for 2 min"
     assert sc.describe_step(scn.steps[0], 60) == "power cut at kabat for 10 s"
+    assert sc.describe_step(scn.steps[2], 60) == "impair kabat: optical rx ramp to -25 dBm over 3 min"
+    assert sc.describe_step(scn.steps[3]) == "impair kabat: cut, loss 1 %, up buffer 400 ms"
 
 
 # ---------------------------------------------------------------------------------------------- in the lab
