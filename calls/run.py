@@ -39,7 +39,7 @@ class CallSpec:
     fps: int = 30
     kbit: int = 1000
     seconds: float = 30.0
-    connect_timeout: float = 12.0
+    connect_timeout: float = 10.0  # setup takes ~3 s here; a blackholed village must be told within 15 s
 
 
 @dataclass
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--kbit", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--connect-timeout", type=float, default=12.0)
+    p.add_argument("--connect-timeout", type=float, default=10.0)
     a = p.parse_args(argv)
     prefix = ["ip", "netns", "exec", a.village_ns] if a.village_ns else []
     spec = CallSpec(a.width, a.height, a.fps, a.kbit, a.seconds, a.connect_timeout)

@@ -41,7 +41,7 @@ def call(
     village: str,
     profile_name: str | None = None,
     seconds: float = 30.0,
-    connect_timeout: float = 12.0,
+    connect_timeout: float = 10.0,
     prefix: str | None = None,
     video: Mapping[str, int] | None = None,
 ) -> LabCall:

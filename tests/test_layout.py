@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("cli", "lab", "exporter", "check", "dashboards", "budget", "verdict", "probes", "district")
+PRODUCT = ("cli", "lab", "exporter", "check", "dashboards", "calls", "budget", "verdict", "probes", "district")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 MAX_LINES = 800
 
@@ -55,6 +55,8 @@ def _copy_tree(dest: Path) -> None:
         ("district/names.py", "import desanet.probes.stats", "desanet.district.names -> desanet.probes.stats"),
         ("probes/stats.py", "import prometheus_client", "desanet.probes.stats -> prometheus_client"),
         ("check/decide.py", "import desanet.exporter.state", "desanet.check.decide -> desanet.exporter.state"),
+        ("calls/run.py", "import desanet.lab.lab", "desanet.calls.run -> desanet.lab.lab"),
+        ("verdict/call_outcome.py", "import desanet.calls.run", "desanet.verdict.call_outcome -> desanet.calls.run"),
         ("dashboards/variables.py", "import desanet.dashboards.panels", "desanet.dashboards.variables -> desanet."),
     ],
 )

@@ -172,12 +172,13 @@ def judge_direction(
     elif concealed is not None and concealed > limits.hold_concealment:
         degraded.append(f"{concealed:.0%} of the audio concealed")
     outcome: Outcome = "fails" if fails else "degraded" if degraded else "holds"
-    if (fails or degraded) and limitation != "none":
-        (fails or degraded).append(f"the sender was limited by {limitation}")
+    reasons = fails + degraded  # the failing ones first, then what was merely degraded
+    if reasons and limitation != "none":
+        reasons.append(f"the sender was limited by {limitation}")
     return DirectionOutcome(
         direction=direction,
         outcome=outcome,
-        reasons=tuple(fails or degraded),
+        reasons=tuple(reasons),
         seconds=round(span, 3),
         freeze_ratio=round(freeze_ratio, 4),
         freeze_count=None if (fc := _delta(v0, v1, "freezeCount")) is None else int(fc),
