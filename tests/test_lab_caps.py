@@ -336,18 +336,15 @@ def test_whole_district_comes_up_capped_within_a_minute_and_goes_down_clean(tmp_
         pids = [e["pid"] for e in state["pids"].values()]
         assert elapsed <= 60, f"lab up took {elapsed:.1f} s"
         nss = [state["plan"]["core_ns"], *(k["ns"] for k in state["plan"]["kecamatan"])]
-        tbf = classes = 0
+        qdiscs = []
         for ns in nss:
-            qd = json.loads(
-                subprocess.run(["tc", "-n", ns, "-j", "qdisc", "show"], capture_output=True, text=True).stdout
-            )
-            tbf += sum(1 for q in qd if q.get("kind") == "tbf")
-            cl = subprocess.run(
-                ["tc", "-n", ns, "-j", "class", "show", "dev", "uplink"], capture_output=True, text=True
-            )
-            classes += sum(1 for c in json.loads(cl.stdout or "[]") if c.get("class") == "htb")
-        # Each village: a tbf toward it and an htb class from it; each uplink: a tbf each way.
-        assert (tbf, classes) == (217 + 2 * 25, 217)
+            out = subprocess.run(["tc", "-n", ns, "-j", "qdisc", "show"], capture_output=True, text=True, check=True)
+            qdiscs += json.loads(out.stdout)
+        tbf = [q for q in qdiscs if q.get("kind") == "tbf"]
+        leaves = [q for q in tbf if str(q.get("parent", "")).startswith("1:")]  # under a village's htb class
+        # Each village: a tbf toward it and one under its htb class from it; each uplink: a tbf each way.
+        assert (len(tbf), len(leaves)) == (2 * 217 + 2 * 25, 217)
+        assert sum(1 for q in qdiscs if q.get("kind") == "htb") == 25
         assert len(pids) == 3 + 2 * 217  # emulator, sampler, reflectors; snmpd and iperf3 in each village
     finally:
         down = subprocess.run(
