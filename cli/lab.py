@@ -277,7 +277,8 @@ def register(app: typer.Typer) -> None:
 
         Prints each direction's outcome (holds, degraded, fails) and its figures. Exit 0 when both directions
         hold, 1 when one is degraded or fails (a call that cannot connect fails), 2 when no call could be made."""
-        from desanet.lab.call import CallUnavailable, call
+        from desanet.lab.call import call
+        from desanet.lab.lab import LabError
 
         override: dict[str, int] = {}
         if video:
@@ -291,7 +292,7 @@ def register(app: typer.Typer) -> None:
             override["video_kbit"] = kbit
         try:
             result = call(village, profile, seconds=duration, video=override)
-        except (CallUnavailable, InventoryError) as exc:
+        except (LabError, InventoryError) as exc:  # no lab, no such village or profile, no Chromium, busy
             _fail(str(exc), 2)
         o = result.outcome
         if as_json:

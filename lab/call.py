@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from desanet.calls.browser import find_chromium
 from desanet.district import Profile, load_inventory
 from desanet.lab import lab as labmod
@@ -65,8 +67,9 @@ def call(
     if video:
         try:
             profile = Profile.model_validate({**profile.model_dump(), **video})
-        except ValueError as exc:
-            raise CallUnavailable(f"video override {dict(video)}: {exc}".splitlines()[0]) from None
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise CallUnavailable(f"{e['loc'][0]}={e.get('input')}: {e['msg']}") from None
     argv = [
         "ip", "netns", "exec", lp.noc_ns,
         sys.executable, "-m", "desanet.calls.run",

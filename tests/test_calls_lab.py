@@ -74,3 +74,17 @@ def test_blackholed_village_fails_to_connect_with_a_clear_message_within_15_s(la
     assert "did not reach the far end" in out["error"] and "down or blocked" in out["error"], out["error"]
     assert all(x["outcome"] == "fails" for x in out["directions"].values())
     assert elapsed <= 15, elapsed
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("nowhere",), "no village 'nowhere' in the lab"),
+        ((VILLAGE, "--profile", "nope"), "no profile 'nope' in the inventory"),
+        ((VILLAGE, "--video", "641x360"), "video_width=641: Input should be a multiple of 2"),
+        ((VILLAGE, "--video", "big"), "give WIDTHxHEIGHT"),
+    ],
+)
+def test_a_call_that_cannot_be_made_exits_2_with_one_line(lab: Any, args: tuple[str, ...], words: str) -> None:
+    proc = lab.desanet("lab", "call", *args, check=False, timeout=60)
+    assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
