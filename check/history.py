@@ -27,7 +27,8 @@ def history_queries(village: str, profile: str) -> dict[str, str]:
     """PromQL for the hour ending at each evaluation time (evaluated half an hour after "now" on earlier days)."""
     v, p = _promql_string(village), _promql_string(profile)
     return {
-        "ready": f"max(avg_over_time(desanet_video_ready{{village={v},profile={p}}}[1h]))",
+        # the verdict's "ready" state (1 or 0): desanet_video_ready says the same but is --metrics.detail only
+        "ready": f'max(avg_over_time(desanet_video_verdict{{village={v},profile={p},verdict="ready"}}[1h]))',
         "loss": (f'max(avg_over_time(desanet_loss_ratio{{village={v},method="icmp",direction="round_trip"}}[1h]))'),
     }
 

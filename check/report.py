@@ -112,7 +112,7 @@ class ThroughputOutcome:
 class HistoryDay:
     day: datetime  # the same time of day, `days_ago` days ago
     days_ago: int
-    ready_share: float | None  # mean of desanet_video_ready over the hour around that time
+    ready_share: float | None  # share of the hour around that time the verdict was ready
     loss_ratio: float | None  # mean ICMP round-trip loss over that hour
 
 

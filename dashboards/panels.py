@@ -17,7 +17,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
 from desanet.dashboards import variables
-from desanet.dashboards.promql import VERDICT_COLOUR, VERDICT_TEXT
+from desanet.dashboards.promql import LIMITS, VERDICT_COLOUR, VERDICT_TEXT
 from desanet.dashboards.variables import DS
 
 GRID_WIDTH = 24
@@ -130,6 +130,48 @@ def prop(key: str, value: object) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val=key, value=value)
 
 
+AT_RISK_COLOUR = VERDICT_COLOUR[2]
+NOT_READY_COLOUR = VERDICT_COLOUR[3]
+
+
+def higher_is_worse(at_risk: float, not_ready: float) -> dashboard.ThresholdsConfig:
+    """Green up to the at-risk limit, orange to the not-ready limit, red beyond (rtt, jitter, loss)."""
+    return steps((None, VERDICT_COLOUR[0]), (at_risk, AT_RISK_COLOUR), (not_ready, NOT_READY_COLOUR))
+
+
+def lower_is_worse(at_risk: float, not_ready: float) -> dashboard.ThresholdsConfig:
+    """Red below the not-ready limit, orange below the at-risk limit, green above (MOS, ready share, dBm)."""
+    return steps((None, NOT_READY_COLOUR), (not_ready, AT_RISK_COLOUR), (at_risk, VERDICT_COLOUR[0]))
+
+
+def factor_thresholds(factor: str) -> dashboard.ThresholdsConfig:
+    return higher_is_worse(*LIMITS[factor])
+
+
+def coloured(thresholds: dashboard.ThresholdsConfig, background: bool = False) -> tuple[dm.DynamicConfigValue, ...]:
+    """A table column coloured by `thresholds` (its text, or its whole cell)."""
+    return (
+        prop("thresholds", thresholds.build()),
+        prop("color", thresholds_colour().build()),
+        prop("custom.cellOptions", {"type": "color-background" if background else "color-text", "mode": "basic"}),
+    )
+
+
+def count_colour(colour: str) -> tuple[dm.DynamicConfigValue, ...]:
+    """A count that is grey at 0 and `colour` from 1 (villages at risk, not ready)."""
+    return coloured(steps((None, "text"), (1, colour)))
+
+
+# Dashed limit lines on time series: the at-risk limit orange, the not-ready limit red.
+def limit_line(colour: str) -> list[dm.DynamicConfigValue]:
+    return [
+        prop("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+        prop("color", {"mode": "fixed", "fixedColor": colour}),
+        prop("custom.fillOpacity", 0),
+        prop("custom.showPoints", "never"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ links
 def village_link(slug: str = "${__value.raw}") -> cogbuilder.Builder[dm.DashboardLink]:
     """A data link to the village dashboard for the village `slug` (a cell's value by default), keeping the
@@ -139,6 +181,15 @@ def village_link(slug: str = "${__value.raw}") -> cogbuilder.Builder[dm.Dashboar
         f"&var-village={slug}&${{__url_time_range}}"
     )
     return dashboard.DashboardLink(f"Village {slug}").type(dm.DashboardLinkType.LINK).url(url)
+
+
+def kecamatan_link(name: str = "${__value.raw}") -> cogbuilder.Builder[dm.DashboardLink]:
+    """A data link to the NOC overview narrowed to one kecamatan, whose table and grid list its villages."""
+    url = (
+        f"/d/{UIDS['overview']}/desanet-overview?var-datasource=${{datasource}}&var-kecamatan={name}"
+        "&${__url_time_range}"
+    )
+    return dashboard.DashboardLink(f"Kecamatan {name}").type(dm.DashboardLinkType.LINK).url(url)
 
 
 def session_link() -> cogbuilder.Builder[dm.DashboardLink]:

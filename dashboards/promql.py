@@ -1,7 +1,11 @@
 """PromQL the dashboards share, as plain strings, so the panels and the tests read the same expressions.
 
-Only raw desanet metrics (exporter/metrics.py) are used, no recording rules: the dashboards work against any
-Prometheus that scrapes `desanet serve`, whatever rule files it loads.
+The dashboards read desanet's recording rules (alerts/desanet.rules.yml) wherever a figure is computed from
+many series: the verdict rank, readiness counts and shares per kecamatan, the 30-day ready share, the strictest
+limits, the jitter the verdict judges. A refresh then reads a few hundred precomputed series instead of
+recomputing the verdict in every panel, and every count comes from a rule that aggregates `by` village, so a
+village scraped by two targets (an HA pair, or one exporter under two jobs) counts once. Prometheus must load
+the rules file (docs/dashboards.md). Raw desanet series are read where one village's own figures are shown.
 
 The verdict rank orders verdicts from good to bad the same way the exporter does (scheduler.VERDICT_RANK):
 ready 0, unknown 1, at_risk 2, not_ready 3. One number per village lets a map, a grid and a table colour
@@ -38,69 +42,105 @@ def sel(*matchers: str) -> str:
     return "{" + ", ".join(m for m in matchers if m) + "}"
 
 
-def verdict_rank(matchers: str, by: str) -> str:
-    """The worst verdict rank per `by` among desanet_video_verdict series matching `matchers`."""
-    m = f"{matchers}, " if matchers else ""
-    parts = [
-        f'(desanet_video_verdict{{{m}verdict="{v}"}} == 1) * {r}'
-        for v, r in sorted(VERDICT_RANK.items(), key=lambda kv: -kv[1])
-    ]
-    return f"max by ({by}) (" + " or ".join(parts) + ")"
+# The recording rules the dashboards read (alerts/desanet.rules.yml; tests/test_dashboards.py checks each
+# name is recorded there).
+VILLAGES = "village:desanet_village_info:group"
+RANK = "village:desanet_video_verdict:rank"
+RANK_PROFILE = "village_profile:desanet_video_verdict:rank"
+READY_KNOWN = "village_profile:desanet_video_ready:known"
+VERDICT_COUNT = "kecamatan:desanet_village_verdict:count"
+READY_RATIO = "kecamatan:desanet_video_ready:ratio"
+READY_30D = "village:desanet_video_ready:ratio_30d"
+READY_30D_KECAMATAN = "kecamatan:desanet_video_ready:ratio_30d"
+THRESHOLD = "profile:desanet_profile_threshold:max"
+JITTER_JUDGED = "village:desanet_jitter_seconds:worst"
+SESSION_RANK = "village_session:desanet_video_verdict:rank"
+SESSION_READY = "village_session:desanet_video_ready:in_session_hours"
+RTT_P95 = "village:desanet_rtt_seconds:p95_5m"
+OPTICAL_WARNING = "village:desanet_optical_rx_power_dbm:warning_threshold"
+OPTICAL_CRITICAL = "village:desanet_optical_rx_power_dbm:critical_threshold"
+RULES = (
+    VILLAGES,
+    RANK,
+    RANK_PROFILE,
+    READY_KNOWN,
+    VERDICT_COUNT,
+    READY_RATIO,
+    READY_30D,
+    READY_30D_KECAMATAN,
+    THRESHOLD,
+    JITTER_JUDGED,
+    SESSION_RANK,
+    SESSION_READY,
+    RTT_P95,
+    OPTICAL_WARNING,
+    OPTICAL_CRITICAL,
+)
+
+# desanet's alerts, so alert panels show desanet's own and no other exporter's (tests/test_dashboards.py keeps
+# this equal to the alert names in alerts/desanet.rules.yml).
+ALERT_NAMES = (
+    "DesanetExporterDown",
+    "DesanetProbeScheduleSlipping",
+    "InterfaceErrorsRising",
+    "InterfaceFlapping",
+    "InterfaceUtilisationHigh",
+    "KecamatanUplinkDegraded",
+    "OpticalNoLight",
+    "OpticalRxPowerLow",
+    "OpticalRxPowerTrendingDown",
+    "RouterRebooted",
+    "SessionAtRisk",
+    "VillageJitterHigh",
+    "VillageLatencyHigh",
+    "VillagePacketLoss",
+    "VillageProbeFailing",
+    "VillageThroughputLow",
+    "VillageUnreachable",
+    "VillageVideoNotReady",
+)
+DESANET_ALERTS = match("alertname", "|".join(ALERT_NAMES))
+
+# Where a number turns orange (at risk) and red (not ready) on a stat or table cell. Grafana colours a field by
+# fixed steps, not by a per-row query, so these are the limits every shipped profile shares (verdict/readiness.py
+# defaults; tests/test_dashboards.py compares them with the inventory's profiles); the dashed limit lines on the
+# time series come from the profiles themselves (desanet_profile_threshold).
+LIMITS: dict[str, tuple[float, float]] = {"rtt": (0.1, 0.15), "jitter": (0.03, 0.04), "loss": (0.01, 0.03)}
+OPTICAL_DBM = (-25.0, -27.0)  # the rules' default warning and critical receive power (alerts/desanet.rules.yml)
+MOS_LIMITS = (4.0, 3.6)  # below 4.0 some users dissatisfied, below 3.6 many (G.107 Annex B)
+READY_SHARE = (0.99, 0.95)  # of a 30-day span: under 99 % orange, under 95 % red
 
 
-def village_rank(where: str = f"{KEC}, {VIL}") -> str:
-    """Worst verdict rank per village over the selected profiles; villages without a verdict yet count as
-    unknown (1), so every village in the inventory appears on the map and in the grid."""
-    return (
-        f"({verdict_rank(f'{where}, {PROFILE}', 'village, kecamatan')} "
-        f"or on (village) group by (village, kecamatan) (desanet_village_info{{{where}}}))"
-    )
+def village_rank(where: str = KEC) -> str:
+    """Worst verdict rank per village over every profile it is judged against; unknown (1) for a village in
+    the inventory without a verdict yet, so every village appears on the map and in the grid."""
+    return f"{RANK}{{{where}}}"
+
+
+def profile_rank(where: str) -> str:
+    """The verdict rank per village and profile."""
+    return f"{RANK_PROFILE}{{{where}}}"
+
+
+def limits(factor: str, where: str, by: str = "level", worst: str = "min") -> str:
+    """The limits of `factor` for the profiles matching `where` (a village's, via its verdicts), one series per
+    `by`: the strictest (`min` where higher is worse, `max` where lower is) unless `by` keeps the profile."""
+    return f"{worst} by ({by}) ({THRESHOLD}{{{eq('factor', factor)}}} and on (profile) {RANK_PROFILE}{{{where}}})"
 
 
 def session_start(*matchers: str) -> str:
-    return f"desanet_session_start_timestamp_seconds{sel(*matchers)}"
-
-
-def session_join(per_village_profile: str, per_village: str, *matchers: str) -> str:
-    """A per-(village, profile) figure carried onto each village's next session, labelled by session.
-
-    A session names the profile it needs; a session without one (profile="") falls back to the village's
-    worst figure over all its profiles (`per_village`).
-    """
-    start = session_start(*matchers)
-    return (
-        f"max by ({SESSION_LABELS}) ("
-        f"({start} * 0 + on (village, profile) group_left () {per_village_profile}) "
-        f"or on (village, session) ({start} * 0 + on (village) group_left () {per_village})"
-        ")"
-    )
+    """Each village's next session and its start, once per village whatever the number of targets."""
+    return f"max by ({SESSION_LABELS}) (desanet_session_start_timestamp_seconds{sel(*matchers)})"
 
 
 def session_rank(*matchers: str) -> str:
-    """The verdict rank each session's village has now for that session's profile."""
-    return session_join(verdict_rank("", "village, profile"), verdict_rank("", "village"), *matchers)
-
-
-def session_ready(*matchers: str) -> str:
-    """desanet_video_ready (1/0) each session's village has for that session's profile."""
-    return session_join(
-        "max by (village, profile) (desanet_video_ready)", "min by (village) (desanet_video_ready)", *matchers
-    )
-
-
-def in_session_hours(*matchers: str) -> str:
-    """Next-session series (value irrelevant) present only while the clock is within the session's daily
-    hours: (now − start) mod 1 day < duration. Daily and weekly sessions keep their start's time of day, so
-    this holds on every day at the session's hours, whatever day the next occurrence falls on."""
-    start = session_start(*matchers)
-    end = f"desanet_session_end_timestamp_seconds{sel(*matchers)}"
-    return f"(((time() - {start}) % 86400 + 86400) % 86400 < ({end} - {start}))"
+    """The verdict rank each session's village has now for that session's profile (the rule joins them)."""
+    return f"{SESSION_RANK}{sel(*matchers)}"
 
 
 def ready_in_session_hours(day: int, *matchers: str) -> str:
     """Share (0–1) of the session's hours in which its village was ready, over the 24 h that ended `day`−1
-    days ago (day 1 = the last 24 h). Each 24 h window holds the session's hours exactly once; the subquery
-    samples every 5 minutes."""
+    days ago (day 1 = the last 24 h). The rule has a sample only during the session's daily hours (its start
+    time of day, for its duration), so each 24 h window holds them exactly once."""
     offset = f" offset {day - 1}d" if day > 1 else ""
-    inner = f"{session_ready(*matchers)} and on ({SESSION_LABELS}) {in_session_hours(*matchers)}"
-    return f"avg_over_time(({inner})[1d:5m]{offset})"
+    return f"avg_over_time({SESSION_READY}{sel(*matchers)}[1d]{offset})"

@@ -18,11 +18,11 @@ from desanet.dashboards.panels import (
     Grid,
     Table,
     board,
-    fixed_colour,
+    count_colour,
+    lower_is_worse,
     prop,
     query,
     session_link,
-    steps,
     thresholds_colour,
     verdict_mappings,
     verdict_thresholds,
@@ -32,6 +32,7 @@ from desanet.dashboards.promql import (
     KEC,
     SESSION,
     SESSION_LABELS,
+    VERDICT_COLOUR,
     VIL,
     ready_in_session_hours,
     session_rank,
@@ -77,9 +78,9 @@ def summary(*matchers: str) -> table.Panel:
             Column("Starts", f"min by ({by}) ({start}) * 1000", unit="dateTimeAsLocalNoDateIfToday"),
             Column("In", f"min by ({by}) ({start}) - time()", unit="dtdurations"),
             Column("Villages", f"count by ({by}) ({start})"),
-            Column("Ready", n(0), properties=(prop("color", fixed_colour("green").build()),)),
-            Column("At risk", n(2), properties=(prop("color", fixed_colour("orange").build()),)),
-            Column("Not ready", n(3), properties=(prop("color", fixed_colour("red").build()),)),
+            Column("Ready", n(0), properties=count_colour(VERDICT_COLOUR[0])),
+            Column("At risk", n(2), properties=count_colour(VERDICT_COLOUR[2])),
+            Column("Not ready", n(3), properties=count_colour(VERDICT_COLOUR[3])),
             Column("Unknown", n(1)),
         ],
         sort=("Starts", False),
@@ -97,8 +98,9 @@ def summary(*matchers: str) -> table.Panel:
 
 
 def _share_colour() -> tuple[dm.DynamicConfigValue, ...]:
+    colours = lower_is_worse(0.95, 0.5)
     return (
-        prop("thresholds", steps((None, "red"), (0.5, "orange"), (0.95, "green")).build()),
+        prop("thresholds", colours.build()),
         prop("color", thresholds_colour().build()),
         prop("custom.cellOptions", {"type": "color-background", "mode": "basic"}),
         prop("noValue", "–"),
@@ -134,12 +136,15 @@ def _villages() -> table.Panel:
 
 
 def _history() -> statushistory.Panel:
-    expr = f"max by (session, village) ({session_rank(SESSION, KEC, VIL)})"
+    expr = f"max by (session, village) (max_over_time({session_rank(SESSION, KEC, VIL)}[$__interval]))"
     return (
         statushistory.Panel()
         .title("Verdict of the sessions' villages, last 7 days")
-        .description("Hour by hour, the verdict each session's village had for the session's profile.")
-        .with_target(query(f"max_over_time(({expr})[$__interval:])", "A", "{{session}} · {{village}}"))
+        .description(
+            "Hour by hour, the worst verdict each session's village had for the session's profile. Click a cell "
+            "for the village's dashboard."
+        )
+        .with_target(query(expr, "A", "{{session}} · {{village}}"))
         .time_from("7d")
         .interval("1h")
         .max_data_points(168)
@@ -148,4 +153,5 @@ def _history() -> statushistory.Panel:
         .color_scheme(thresholds_colour())
         .show_value(cm.VisibilityMode.NEVER)
         .legend(cb.VizLegendOptions().show_legend(False).display_mode(cm.LegendDisplayMode.LIST))
+        .data_links([village_link("${__field.labels.village}")])
     )

@@ -50,9 +50,9 @@ def village(*, multi: bool) -> dashboard.QueryVariable:
 
 def profile(where: str = "") -> dashboard.QueryVariable:
     expr = (
-        f"label_values(desanet_video_ready{{{where}}}, profile)"
+        f"label_values(desanet_video_verdict{{{where}}}, profile)"
         if where
-        else "label_values(desanet_video_ready, profile)"
+        else "label_values(desanet_video_verdict, profile)"
     )
     return _query("profile", "Video profile", expr, multi=True)
 

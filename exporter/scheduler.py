@@ -30,8 +30,8 @@ from zoneinfo import ZoneInfo
 from desanet.district import Inventory, SecretError, Village, resolve_secret
 from desanet.exporter.admission import Busy
 from desanet.exporter.exposition import Exposition
-from desanet.exporter.metrics import SPECS, render_village
-from desanet.exporter.state import VillageState
+from desanet.exporter.metrics import SHARED_KEY, SPECS, render_shared, render_village
+from desanet.exporter.state import STAMP_FRESH_PERIODS, VillageState
 from desanet.verdict import readiness as rd
 from desanet.verdict.ports import busiest_port
 
@@ -55,9 +55,17 @@ def in_shard(slug: str, shard: tuple[int, int]) -> bool:
 
 
 class Monitor:
-    def __init__(self, inventory: Inventory, *, shard: tuple[int, int] = (1, 1), enable: set[str] | None = None):
+    def __init__(
+        self,
+        inventory: Inventory,
+        *,
+        shard: tuple[int, int] = (1, 1),
+        enable: set[str] | None = None,
+        detail: bool = False,
+    ):
         self.inventory = inventory
         self.shard = shard
+        self.detail = detail  # --metrics.detail: the finer families too (docs/metrics.md)
         self.enable = enable or {"icmp", "snmp", "stamp", "trace", "throughput"}
         self.villages: dict[str, VillageState] = {}
         self.exposition = Exposition(list(SPECS))
@@ -132,6 +140,9 @@ class Monitor:
                 vs = old
                 vs.village = village
             vs.profiles = self._profiles_for(inv, village)
+            vs.stamp_max_age = STAMP_FRESH_PERIODS * inv.settings.stamp.every_seconds
+        # Per-profile and per-session constants, once for the whole exporter instead of once per village.
+        self.exposition.put(SHARED_KEY, render_shared(inv))
 
     def _add_icmp(self, vs: VillageState, village: Village) -> Any:
         from desanet.probes.icmp import IcmpSettings
@@ -198,7 +209,7 @@ class Monitor:
                 continue
             try:
                 self.evaluate(vs, now)
-                self.exposition.put(slug, render_village(vs, wall))
+                self.exposition.put(slug, render_village(vs, wall, detail=self.detail))
             except Exception:  # one village's bad data must not stop the others' verdicts
                 log.exception("evaluating %s failed", vs.slug)
 
@@ -220,27 +231,19 @@ class Monitor:
 
     def measurements(self, vs: VillageState) -> rd.Measurements:
         w = vs.icmp_window
-        rtt_p95 = loss = jitter = burst = None
+        rtt_p95 = loss = burst = None
         if w is not None and w.sent > 0:
             loss = w.loss_ratio
             burst = w.burst_loss_ratio
             if w.rtt is not None:
                 rtt_p95 = w.rtt.p95
-            jitter = w.jitter_seconds
-        s = vs.stamp
-        fresh = 2.5 * self.inventory.settings.stamp.every_seconds
-        if s is not None and vs.stamp_at is not None and time.time() - vs.stamp_at < fresh:
-            # One-way jitter per direction is what a video receiver lives with; take the worse direction.
-            one_way = [j for j in (s.forward.jitter_seconds, s.backward.jitter_seconds) if j is not None]
-            if one_way:
-                jitter = max(one_way)
-        down = up = None
-        for direction, (d, ts) in vs.throughput.items():
-            if time.time() - ts < 86400:
-                if direction == "down":
-                    down = d.bits_per_second
-                else:
-                    up = d.bits_per_second
+        now = time.time()
+        # STAMP's worse one-way direction while fresh, else ICMP's round trip (VillageState.judged_jitter).
+        judged = vs.judged_jitter(now)
+        jitter = max(j for _, _, j in judged) if judged else None
+        tp = vs.counted_throughput(now)
+        down = tp["down"].bits_per_second if "down" in tp else None
+        up = tp["up"].bits_per_second if "up" in tp else None
         return rd.Measurements(
             rtt_p95_seconds=rtt_p95,
             jitter_seconds=jitter,

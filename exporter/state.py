@@ -13,9 +13,10 @@ from typing import Any
 from desanet.district import Profile, Session, Village
 from desanet.exporter.exposition import labels
 
-# SmokePing-like resolution where video cares (1–300 ms), coarse beyond.
+# SmokePing-like resolution where video cares (1–300 ms), coarse beyond: anything under 1 ms is one bucket,
+# and nothing above 1 s (a 1 s round trip is no call; the default timeout is 2 s, so a 2 s bound would only
+# repeat +Inf). 14 bounds: 17 series a village with _sum and _count.
 RTT_BUCKETS: tuple[float, ...] = (
-    0.0005,
     0.001,
     0.002,
     0.005,
@@ -30,10 +31,11 @@ RTT_BUCKETS: tuple[float, ...] = (
     0.3,
     0.5,
     1.0,
-    2.0,
 )
 LOG_KEEP_OK = 20
 LOG_KEEP_FAILED = 50  # failures outlive successes, as in blackbox_exporter's history
+STAMP_FRESH_PERIODS = 2.5  # a STAMP result counts for 2.5 of its intervals: one late or failed run is forgiven
+THROUGHPUT_MAX_AGE_SECONDS = 86400.0  # a throughput test counts for a day (a few run per day)
 LOG_KEEP_ON_DEMAND = 20  # /probe results apart, so a burst of requests cannot push scheduled failures out
 
 
@@ -101,6 +103,7 @@ class VillageState:
     next_session: tuple[Session, datetime] | None = None
     profiles: list[Profile] = field(default_factory=list)
     next_due: dict[str, float] = field(default_factory=dict)  # probe -> monotonic due time
+    stamp_max_age: float = 750.0  # seconds a STAMP result counts; the Monitor sets it from the inventory
 
     @classmethod
     def create(cls, village: Village) -> VillageState:
@@ -122,6 +125,32 @@ class VillageState:
 
     def recent_logs(self) -> list[LogEntry]:
         return sorted([*self.ok_log, *self.failed_log, *self.on_demand_log], key=lambda e: e.when, reverse=True)
+
+    def stamp_fresh(self, now: float) -> bool:
+        """Whether the last STAMP result still counts (for the verdict, and so for what is exported)."""
+        return self.stamp is not None and self.stamp_at is not None and now - self.stamp_at < self.stamp_max_age
+
+    def judged_jitter(self, now: float) -> list[tuple[str, str, float]]:
+        """The jitter figures readiness judges, as (method, direction, seconds): STAMP's one-way jitter per
+        direction while its result is fresh (what a video receiver lives with; the verdict takes the worse),
+        else ICMP's round-trip jitter. One place, so the verdict and the exported series cannot disagree."""
+        if self.stamp_fresh(now):
+            s = self.stamp
+            one_way = [
+                ("stamp", direction, d.jitter_seconds)
+                for direction, d in (("down", s.forward), ("up", s.backward))
+                if d.jitter_seconds is not None
+            ]
+            if one_way:
+                return one_way
+        w = self.icmp_window
+        if w is not None and w.sent > 0 and w.jitter_seconds is not None:
+            return [("icmp", "round_trip", w.jitter_seconds)]
+        return []
+
+    def counted_throughput(self, now: float) -> dict[str, Any]:
+        """direction -> the last test's DirectionResult, for tests recent enough to count (a day)."""
+        return {k: d for k, (d, ts) in self.throughput.items() if now - ts < THROUGHPUT_MAX_AGE_SECONDS}
 
     def observe_rtt(self, method: str, rtt: float | None) -> None:
         self.sent[method] = self.sent.get(method, 0) + 1

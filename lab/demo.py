@@ -191,8 +191,9 @@ def start_exporter(state: dict[str, Any], inventory: Path, console: Console) -> 
     labmod.save_state(state)
     console.print(
         "\nThe exporter and Prometheus keep running in the lab's NOC namespace:\n"
-        "  desanet lab exec -- curl -s 127.0.0.1:9917/metrics | grep desanet_video_ready\n"
-        "  desanet lab exec -- curl -s '127.0.0.1:9090/api/v1/query?query=desanet_video_ready==0'\n"
+        "  desanet lab exec -- curl -s 127.0.0.1:9917/metrics | grep desanet_video_verdict\n"
+        "  desanet lab exec -- curl -s 127.0.0.1:9090/api/v1/query "
+        "--data-urlencode 'query=desanet_video_verdict{verdict=\"not_ready\"} == 1'\n"
         "  desanet lab exec -- desanet check pesanggaran\n"
         "  desanet lab down        # stops everything and removes the lab"
     )

@@ -678,7 +678,7 @@ class _Prom(http.server.BaseHTTPRequestHandler):
 
         q = parse_qs(urlparse(self.path).query)
         start, end, step = float(q["start"][0]), float(q["end"][0]), float(q["step"][0])
-        value = "1" if "video_ready" in q["query"][0] else "0.02"
+        value = "1" if 'verdict="ready"' in q["query"][0] else "0.02"
         ts = [start + i * step for i in range(int((end - start) / step) + 1)]
         values = [[x, value] for x in ts[1:]]  # the oldest day has no data
         body = json.dumps(
@@ -711,7 +711,9 @@ def test_history_reads_this_hour_on_earlier_days(prometheus: str) -> None:
     assert days[0].ready_share is None and all(d.ready_share == 1.0 for d in days[1:])
     assert days[-1].loss_ratio == pytest.approx(0.02) and days[-1].day == SATURDAY - timedelta(days=1)
     q = ck.history_queries("kabat", "meet-hd")
-    assert q["ready"] == 'max(avg_over_time(desanet_video_ready{village="kabat",profile="meet-hd"}[1h]))'
+    assert q["ready"] == (
+        'max(avg_over_time(desanet_video_verdict{village="kabat",profile="meet-hd",verdict="ready"}[1h]))'
+    )
 
 
 def test_history_lines_in_both_languages(inv: Inventory, village: Village, prometheus: str) -> None:

@@ -164,21 +164,80 @@ def test_variables_are_defined_used_and_filtered_consistently(path: Path) -> Non
         assert not defined["village"].get("multi"), "the village dashboard shows one village"
 
 
+RULE_RE = re.compile(r"\b[a-z_]+:\w+:\w+")
+RULES_FILE = ROOT / "alerts" / "desanet.rules.yml"
+
+
 def _metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\b(desanet_\w+)", expr))
+    return set(re.findall(r"\b(desanet_\w+)", RULE_RE.sub("", expr)))
 
 
-def test_every_metric_is_in_the_exporters_contract() -> None:
+def _recorded() -> set[str]:
+    rules = _yaml(RULES_FILE)
+    return {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
+def _alert_names() -> set[str]:
+    rules = _yaml(RULES_FILE)
+    return {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_every_metric_is_in_the_exporters_contract_and_every_rule_is_recorded() -> None:
     from desanet.exporter.metrics import SPECS
 
     known = {s.name for s in SPECS}
     known |= {f"{s.name}{suffix}" for s in SPECS if s.type == "histogram" for suffix in ("_bucket", "_sum", "_count")}
+    recorded = _recorded()
+    assert set(promql.RULES) <= recorded, set(promql.RULES) - recorded
     for d in boards().values():
         for v in variables(d).values():
             assert _metric_names(v.get("query", "")) <= known, v["name"]
         for p, t in targets(d):
             missing = _metric_names(t["expr"]) - known
             assert not missing, f"{d['uid']} / {p['title']!r}: {missing} not in exporter/metrics.py"
+            unrecorded = set(RULE_RE.findall(t["expr"])) - recorded
+            assert not unrecorded, f"{d['uid']} / {p['title']!r}: {unrecorded} not in {RULES_FILE.name}"
+
+
+def test_alert_panels_show_desanets_alerts_only() -> None:
+    """Every alert panel filters ALERTS by desanet's own alert names, and those are exactly the rules' alerts."""
+    assert set(promql.ALERT_NAMES) == _alert_names()
+    for d in boards().values():
+        for p, t in targets(d):
+            if "ALERTS" in t["expr"]:
+                assert promql.DESANET_ALERTS in t["expr"], (d["uid"], p["title"])
+                assert "$kecamatan" in t["expr"] or '"$village"' in t["expr"], (d["uid"], p["title"])
+
+
+def test_colour_limits_are_the_profiles_and_the_rules() -> None:
+    """The fixed colour steps are the limits the verdict judges against for every profile of the shipped
+    inventory (and the model's defaults), and the optical ones the rules' defaults."""
+    from desanet.district import Profile, load_inventory
+    from desanet.verdict import readiness as rd
+
+    profiles = [*load_inventory(ROOT / "inventory.yaml").profiles, Profile(name="d", min_down_mbit=1, min_up_mbit=1)]
+    for prof in profiles:
+        got: dict[str, tuple[float, float]] = {lim.factor: (lim.at_risk, lim.not_ready) for lim in rd.limits(prof)}
+        for factor, pair in promql.LIMITS.items():
+            assert got[factor] == pytest.approx(pair), (prof.name, factor)
+    rules = RULES_FILE.read_text()
+    warning, critical = promql.OPTICAL_DBM
+    assert f"desanet_optical_rx_power_dbm * 0 - {-warning:g}" in rules
+    assert f"desanet_optical_rx_power_dbm * 0 - {-critical:g}" in rules
+
+
+def test_every_grid_map_and_table_links_to_its_drill_down() -> None:
+    """A village on a map, grid or table opens its dashboard (a kecamatan row opens the overview narrowed, a
+    session row the sessions board)."""
+    for d in boards().values():
+        for p in panels(d):
+            if p["type"] not in ("geomap", "status-history", "table") or d["uid"] == UIDS["village"]:
+                continue
+            text = json.dumps(p)
+            assert re.search(r"/d/desanet-(village|overview|sessions)\b", text), (d["uid"], p["title"])
+            if p["type"] != "table":
+                (link,) = p["fieldConfig"]["defaults"]["links"]
+                assert "var-village=${__" in link["url"], (d["uid"], p["title"])
 
 
 def test_the_map_reads_village_coordinates_as_numbers() -> None:
@@ -221,7 +280,7 @@ def test_tables_sort_and_rename_fields_their_queries_produce() -> None:
             assert values <= renamed, (p["title"], values - renamed)
             labels = renamed - values
             exprs = " ".join(t["expr"] for t in p["targets"])
-            for label in labels if not exprs.startswith("ALERTS") else ():  # alert labels come from the rules
+            for label in labels if "ALERTS{" not in exprs else ():  # alert labels come from the rules
                 assert re.search(rf"\b{label}\b", exprs), (p["title"], label)
             for tr in p["transformations"]:
                 if tr["id"] == "sortBy":
@@ -289,17 +348,27 @@ def test_promql_means_what_the_panels_say(tmp_path: Path) -> None:
     def verdict(labels: dict[str, str], which: str) -> list[dict[str, str]]:
         return [
             _series("desanet_video_verdict", {**labels, "verdict": v}, [1.0 if v == which else 0.0] * n)
-            for v in promql.VERDICT_RANK
+            for v in ("ready", "at_risk", "not_ready", "unknown")
         ]
 
+    def twice(series: dict[str, str]) -> list[dict[str, str]]:
+        """The series as two targets export it (an HA pair): every figure must come out once."""
+        name, rest = series["series"].split("{", 1)
+        return [{**series, "series": f'{name}{{instance="{i}", {rest}'} for i in ("x1", "x2")]
+
+    meet_hd = [{**v, "series": v["series"]} for v in verdict({**village, "profile": "meet-hd"}, "ready")]
+    for row, ready in zip(meet_hd, ("ready", "at_risk", "not_ready", "unknown"), strict=True):
+        if ready == "ready":
+            row["values"] = " ".join(f"{x:g}" for x in ready_a)
+        elif ready == "not_ready":
+            row["values"] = " ".join(f"{1 - x:g}" for x in ready_a)
     inputs = [
-        _series("desanet_session_start_timestamp_seconds", sess, [float(start)] * n),
-        _series("desanet_session_end_timestamp_seconds", sess, [float(start + 5400)] * n),
-        _series("desanet_video_ready", {**village, "profile": "meet-hd"}, ready_a),
-        _series("desanet_village_info", {**village, "name": "A"}, [1.0] * n),
+        *twice(_series("desanet_session_start_timestamp_seconds", sess, [float(start)] * n)),
+        *twice(_series("desanet_session_duration_seconds", {"session": "Rapat"}, [5400.0] * n)),
+        *[x for row in meet_hd for x in twice(row)],
+        *twice(_series("desanet_village_info", {**village, "name": "A"}, [1.0] * n)),
         _series("desanet_village_info", {"village": "b", "kecamatan": "K", "name": "B"}, [1.0] * n),
         _series("desanet_village_info", {"village": "c", "kecamatan": "L", "name": "C"}, [1.0] * n),
-        *verdict({**village, "profile": "meet-hd"}, "ready"),
         *verdict({**village, "profile": "zoom-gallery"}, "at_risk"),
         *verdict({"village": "c", "kecamatan": "L", "profile": "meet-hd"}, "not_ready"),
         # b has no verdict yet: it must still count, as unknown.
@@ -313,14 +382,29 @@ def test_promql_means_what_the_panels_say(tmp_path: Path) -> None:
         expr = substitute(promql.ready_in_session_hours(day, promql.SESSION), every)
         tests.append({"expr": expr, "eval_time": at, "exp_samples": [{"labels": session_labels, "value": expected}]})
     # Worst verdict over profiles per village; unknown for a village with no verdict.
+    rank = "village:desanet_video_verdict:rank"
     tests.append(
         {
             "expr": substitute(promql.village_rank(), every),
             "eval_time": at,
             "exp_samples": [
-                {"labels": '{kecamatan="K", village="a"}', "value": 2},
-                {"labels": '{kecamatan="K", village="b"}', "value": 1},
-                {"labels": '{kecamatan="L", village="c"}', "value": 3},
+                {"labels": f'{rank}{{kecamatan="K", village="a"}}', "value": 2},
+                {"labels": f'{rank}{{kecamatan="K", village="b"}}', "value": 1},
+                {"labels": f'{rank}{{kecamatan="L", village="c"}}', "value": 3},
+            ],
+        }
+    )
+    # Counts per verdict, every village once though a is exported twice.
+    count = "kecamatan:desanet_village_verdict:count"
+    tests.append(
+        {
+            "expr": substitute(f'sum by (verdict) ({count}{{kecamatan=~"$kecamatan"}})', every),
+            "eval_time": at,
+            "exp_samples": [
+                {"labels": '{verdict="ready"}', "value": 0},
+                {"labels": '{verdict="unknown"}', "value": 1},
+                {"labels": '{verdict="at_risk"}', "value": 1},
+                {"labels": '{verdict="not_ready"}', "value": 1},
             ],
         }
     )
@@ -329,13 +413,19 @@ def test_promql_means_what_the_panels_say(tmp_path: Path) -> None:
         {
             "expr": substitute(promql.session_rank(promql.SESSION), every),
             "eval_time": at,
-            "exp_samples": [{"labels": session_labels, "value": 0}],
+            "exp_samples": [{"labels": promql.SESSION_RANK + session_labels, "value": 0}],
         }
     )
-    (tmp_path / "rules.yml").write_text(json.dumps({"groups": []}))
+    shutil.copy(RULES_FILE, tmp_path / "rules.yml")  # the panels read the recording rules
     spec = {
         "rule_files": ["rules.yml"],
         "evaluation_interval": "5m",
+        "group_eval_order": [
+            "desanet-records",
+            "desanet-history",
+            "desanet-availability-hourly",
+            "desanet-availability",
+        ],
         "tests": [{"interval": "5m", "input_series": inputs, "promql_expr_test": tests}],
     }
     path = tmp_path / "test.yml"

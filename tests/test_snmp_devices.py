@@ -103,8 +103,8 @@ def village_state(result: SnmpResult) -> VillageState:
 
 
 def exposition(result: SnmpResult) -> str:
-    """The village's /metrics lines for this poll."""
-    return "".join(line for lines in render_village(village_state(result)).out.values() for line in lines)
+    """The village's /metrics lines for this poll (every family: `--metrics.detail`)."""
+    return "".join(line for lines in render_village(village_state(result), detail=True).out.values() for line in lines)
 
 
 def sample(text: str, metric: str, interface: str) -> float | None:
