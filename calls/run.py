@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import os
 import sys
 import tempfile
 import time
@@ -54,6 +55,10 @@ class CallRun:
     cpu_s: dict[str, float] = field(default_factory=dict)  # per browser, over the whole call
     rss_bytes: dict[str, int] = field(default_factory=dict)  # per browser, at the end of the call
     seconds: float = 0.0
+    # The host's 1-minute load average at the start and end of the call, and its CPUs: a starved CPU looks like
+    # congestion to Chrome (measured: a clean 640x360 lab call froze 8 % of the time at load 17 on 2 cores).
+    host_load: list[float] = field(default_factory=list)
+    host_cpus: int = 0
 
 
 class CallError(Exception):
@@ -99,7 +104,7 @@ def run_call(bind: str, village_prefix: list[str], spec: CallSpec, binary: str |
         server = CallServer(bind).start()
         call_id = uuid.uuid4().hex[:12]
         server.add_call(call_id, spec.width, spec.height, spec.fps, spec.kbit)
-        run = CallRun()
+        run = CallRun(host_load=[round(os.getloadavg()[0], 2)], host_cpus=os.cpu_count() or 1)
         browsers: dict[str, Browser] = {}
         try:
             t0 = time.monotonic()
@@ -114,6 +119,7 @@ def run_call(bind: str, village_prefix: list[str], spec: CallSpec, binary: str |
                 run.error = _wait_call(server, call_id, browsers, spec.seconds)
             for role, b in browsers.items():
                 run.cpu_s[role], run.rss_bytes[role] = b.usage()
+            run.host_load.append(round(os.getloadavg()[0], 2))
             server.stop_call(call_id)
             time.sleep(1.5)  # the pages' next stats post learns to hang up
             snap = server.snapshot(call_id)

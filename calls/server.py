@@ -1,9 +1,11 @@
-"""Signalling and stats for calls: a small HTTP server desanet runs at the NOC.
+"""Signalling and stats for calls: `CallDesk` answers the call page's requests, `CallServer` serves it over HTTP.
 
-http.server from the standard library: a call makes a handful of requests a second, and the exporter's own
-server is in `exporter/`, which the lab must not import. Each call is a `CallState` keyed by its id; the pages
-poll for the other side's description and post one stats sample a second, and the server's answer to a
-sample tells the page when to stop.
+The desk knows no transport (`handle(method, path, body)` in, status, type and bytes out), so the exporter can
+mount it on its own server behind its TLS and basic auth for the rehearsal page, while the lab serves it with
+http.server from the standard library: a call makes a handful of requests a second, and the exporter's server
+is in `exporter/`, which the lab must not import. Each call is a `CallState` keyed by its id; the pages poll
+for the other side's description and post one stats sample a second, and the answer to a sample tells the page
+when to stop.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ MAX_BODY = 256 * 1024  # an SDP is ~5 kB and a stats sample ~2 kB; anything larg
 _PATH = re.compile(
     r"^/call/(?P<id>[A-Za-z0-9_-]{1,64})(?:/(?P<what>page|signal|stats|event)/(?P<role>village|farend))?$"
 )
+JSON = "application/json"
+Answer = tuple[int, str, bytes]  # status, content type, body
 
 
 @dataclass
 class CallState:
-    """What one call has seen so far; every field is written under the server's lock."""
+    """What one call has seen so far; every field is written under the desk's lock."""
 
     config: dict[str, Any]
     opened: dict[str, float] = field(default_factory=dict)  # role -> monotonic time the page was fetched
@@ -37,35 +41,24 @@ class CallState:
     stop: bool = False
 
 
-class CallServer:
-    """The HTTP side of calls. `add_call` before a page is opened; `state(id)` to read what arrived."""
+def _error(code: int, words: str) -> Answer:
+    return code, JSON, json.dumps({"error": words}).encode()
 
-    def __init__(self, host: str, port: int = 0):
+
+class CallDesk:
+    """The calls under way and the answers to their pages; thread-safe, no I/O of its own."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, CallState] = {}
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="call-server", daemon=True)
-
-    @property
-    def origin(self) -> str:
-        host, port = self._httpd.socket.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> CallServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def add_call(self, call_id: str, width: int, height: int, fps: int, kbit: int) -> None:
         with self._lock:
             self._calls[call_id] = CallState(config={"width": width, "height": height, "fps": fps, "kbit": kbit})
 
-    def url(self, call_id: str, role: str) -> str:
-        return f"{self.origin}/call/{call_id}/page/{role}"
+    def remove_call(self, call_id: str) -> None:
+        with self._lock:
+            self._calls.pop(call_id, None)
 
     def stop_call(self, call_id: str) -> None:
         with self._lock:
@@ -84,8 +77,86 @@ class CallServer:
                 stop=c.stop,
             )
 
+    def handle(self, method: str, path: str, body: bytes | None = None) -> Answer:
+        """One request: GET a page or the other side's description, POST a description, a sample or an event.
+        Bad input is answered with one line of JSON and changes nothing."""
+        m = _PATH.match(path.split("?", 1)[0])
+        if m is None or not m["role"]:
+            return _error(404, "no such path")
+        call_id, what, role = m["id"], m["what"], m["role"]
+        with self._lock:
+            call = self._calls.get(call_id)
+        if call is None:
+            return _error(404, "no such call")
+        if method in ("GET", "HEAD"):
+            if what == "page":
+                with self._lock:
+                    call.opened.setdefault(role, time.monotonic())
+                    cfg = PageConfig(call_id=call_id, role=role, **call.config)
+                return 200, "text/html; charset=utf-8", render(cfg)
+            if what == "signal":
+                with self._lock:
+                    sig = call.signal.get(role)
+                return (200, JSON, json.dumps(sig).encode()) if sig else (204, JSON, b"")
+            return _error(405, "only POST is allowed here")
+        if method != "POST" or what == "page":
+            return _error(405, "method not allowed")
+        if body is None or len(body) > MAX_BODY:
+            return _error(400, "bad request")
+        try:
+            doc = json.loads(body or b"{}")
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return _error(400, "body is not a JSON object")
+        now = time.monotonic()
+        with self._lock:
+            if what == "signal":
+                call.signal[role] = {"type": doc.get("type"), "sdp": doc.get("sdp")}
+            elif what == "stats":
+                call.samples[role].append({**doc, "received": now})
+            else:
+                call.events[role].append({**doc, "received": now})
+            stop = call.stop
+        return 200, JSON, json.dumps({"stop": stop}).encode()
+
+
+class CallServer:
+    """A `CallDesk` on its own HTTP port (the lab's far end). `add_call` before a page is opened."""
+
+    def __init__(self, host: str, port: int = 0, desk: CallDesk | None = None):
+        self.desk = desk or CallDesk()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="call-server", daemon=True)
+
+    @property
+    def origin(self) -> str:
+        host, port = self._httpd.socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> CallServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def url(self, call_id: str, role: str) -> str:
+        return f"{self.origin}/call/{call_id}/page/{role}"
+
+    def add_call(self, call_id: str, width: int, height: int, fps: int, kbit: int) -> None:
+        self.desk.add_call(call_id, width, height, fps, kbit)
+
+    def stop_call(self, call_id: str) -> None:
+        self.desk.stop_call(call_id)
+
+    def snapshot(self, call_id: str) -> CallState:
+        return self.desk.snapshot(call_id)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+        desk = self.desk
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -93,69 +164,25 @@ class CallServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # one line per stats post would drown the call's own output
 
-            def _send(self, code: int, body: bytes = b"", ctype: str = "application/json") -> None:
+            def _answer(self, answer: Answer) -> None:
+                code, ctype, body = answer
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                if body:
+                if body and self.command != "HEAD":
                     self.wfile.write(body)
 
-            def _route(self) -> tuple[CallState, str | None, str | None, str] | None:
-                m = _PATH.match(self.path.split("?", 1)[0])
-                if m is None:
-                    self._send(404, b'{"error": "no such path"}')
-                    return None
-                with server._lock:
-                    call = server._calls.get(m["id"])
-                if call is None:
-                    self._send(404, b'{"error": "no such call"}')
-                    return None
-                return call, m["what"], m["role"], m["id"]
-
             def do_GET(self) -> None:
-                r = self._route()
-                if r is None:
-                    return
-                call, what, role, call_id = r
-                if what == "page" and role:
-                    with server._lock:
-                        call.opened.setdefault(role, time.monotonic())
-                        cfg = PageConfig(call_id=call_id, role=role, **call.config)
-                    self._send(200, render(cfg), "text/html; charset=utf-8")
-                elif what == "signal" and role:
-                    with server._lock:
-                        sig = call.signal.get(role)
-                    self._send(200, json.dumps(sig).encode()) if sig else self._send(204)
-                else:
-                    self._send(404, b'{"error": "no such path"}')
+                self._answer(desk.handle("GET", self.path))
 
             def do_POST(self) -> None:
-                r = self._route()
-                if r is None:
+                length = self.headers.get("Content-Length") or "0"
+                if not length.isdigit() or int(length) > MAX_BODY:
+                    self.close_connection = True  # the body is not read: the connection cannot be reused
+                    self._answer(desk.handle("POST", self.path, None))
                     return
-                call, what, role, _ = r
-                length = int(self.headers.get("Content-Length") or 0)
-                if not role or length > MAX_BODY:
-                    self._send(400, b'{"error": "bad request"}')
-                    return
-                try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                    if not isinstance(body, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    self._send(400, b'{"error": "body is not a JSON object"}')
-                    return
-                now = time.monotonic()
-                with server._lock:
-                    if what == "signal":
-                        call.signal[role] = {"type": body.get("type"), "sdp": body.get("sdp")}
-                    elif what == "stats":
-                        call.samples[role].append({**body, "received": now})
-                    elif what == "event":
-                        call.events[role].append({**body, "received": now})
-                    stop = call.stop
-                self._send(200, json.dumps({"stop": stop}).encode())
+                self._answer(desk.handle("POST", self.path, self.rfile.read(int(length))))
 
         return Handler

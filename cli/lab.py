@@ -316,6 +316,8 @@ def register(app: typer.Typer) -> None:
                         "cpu_s": rec.get("cpu_s"),
                         "memory_bytes": rec.get("rss_bytes"),
                         "seconds": rec.get("seconds"),
+                        "host_load": rec.get("host_load"),
+                        "host_cpus": rec.get("host_cpus"),
                     },
                     indent=2,
                 )
@@ -349,6 +351,12 @@ def _call_lines(result: Any) -> list[str]:
         lines.append(
             "  Chromium: "
             + ", ".join(f"{r} {cpu[r] / secs:.2f} core {mem.get(r, 0) / 1e6:.0f} MB" for r in sorted(cpu))
+        )
+    load, cpus = result.record.get("host_load") or [], result.record.get("host_cpus") or 0
+    if cpus and load and max(load) > cpus:
+        lines.append(
+            f"  Host busy (load {max(load):.1f} on {cpus} CPUs): a starved CPU looks like congestion to Chrome, "
+            "so freezes and concealment may be the host's, not the link's; repeat on a quiet host."
         )
     return lines
 

@@ -16,7 +16,7 @@ import pytest
 from desanet.calls import y4m
 from desanet.calls.browser import Browser, find_chromium
 from desanet.calls.run import CallError, one_call_at_a_time
-from desanet.calls.server import CallServer
+from desanet.calls.server import CallDesk, CallServer
 
 
 def test_test_pattern_is_a_moving_420_y4m(tmp_path: Path) -> None:
@@ -127,3 +127,21 @@ def test_chromium_opens_the_page_and_is_stopped_by_pid_with_its_profile_removed(
         if int(fields[2]) == b.proc.pid and fields[0] != "Z":
             alive.append(stat.parent.name)
     assert not alive
+
+
+def test_the_desk_answers_without_a_transport() -> None:
+    """What the exporter will mount for the rehearsal page: method, path and body in, an answer out."""
+    desk = CallDesk()
+    desk.add_call("c3", 1280, 720, 30, 2600)
+    assert desk.handle("GET", "/call/c3/page/village")[0] == 200
+    assert desk.handle("GET", "/call/c3/stats/village") == (
+        405,
+        "application/json",
+        b'{"error": "only POST is allowed here"}',
+    )
+    assert desk.handle("POST", "/call/c3/page/village", b"{}")[0] == 405
+    assert desk.handle("DELETE", "/call/c3/stats/village", b"{}")[0] == 405
+    assert desk.handle("POST", "/call/c3/event/farend", b'{"connection": "connected"}')[0] == 200
+    assert desk.snapshot("c3").events["farend"][0]["connection"] == "connected"
+    desk.remove_call("c3")
+    assert desk.handle("GET", "/call/c3/page/village")[0] == 404

@@ -37,9 +37,10 @@ def call(lab: Any, *args: str, duration: int = 25) -> tuple[int, dict[str, Any]]
 def test_clean_village_call_holds_both_ways_at_the_profiles_resolution(lab: Any) -> None:
     code, out = call(lab)
     assert out["connected"] and out["setup_s"] < 8, out["error"]
+    busy = f"host load {out['host_load']} on {out['host_cpus']} CPUs"  # a starved host freezes calls
     for d in ("up", "down"):
         x = out["directions"][d]
-        assert x["outcome"] == "holds", (d, x)
+        assert x["outcome"] == "holds", (d, x, busy)
         assert (x["width"], x["height"]) == (640, 360), (d, x)
         assert x["freeze_ratio"] <= 0.02 and x["fps"] >= 24, (d, x)
     assert code == 0
