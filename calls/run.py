@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -108,10 +109,14 @@ def run_call(bind: str, village_prefix: list[str], spec: CallSpec, binary: str |
         browsers: dict[str, Browser] = {}
         try:
             t0 = time.monotonic()
-            browsers["farend"] = Browser.start(chromium, server.url(call_id, "farend"), server.origin, video)
-            browsers["village"] = Browser.start(
-                chromium, server.url(call_id, "village"), server.origin, video, prefix=village_prefix
-            )
+            # Held while each starts: a Ctrl-C between Popen and the assignment would leave a browser unknown
+            # to the cleanup below (seen: the village's Chromium left running after a Ctrl-C).
+            with _signals_held():
+                browsers["farend"] = Browser.start(chromium, server.url(call_id, "farend"), server.origin, video)
+            with _signals_held():
+                browsers["village"] = Browser.start(
+                    chromium, server.url(call_id, "village"), server.origin, video, prefix=village_prefix
+                )
             run.error = _wait_connected(server, call_id, browsers, t0, spec.connect_timeout)
             if run.error is None:
                 run.connected = True
@@ -126,10 +131,37 @@ def run_call(bind: str, village_prefix: list[str], spec: CallSpec, binary: str |
             run.samples, run.events = snap.samples, snap.events
             run.seconds = round(time.monotonic() - t0, 3)
         finally:
-            for b in browsers.values():
-                b.stop()
-            server.close()
+            with _signals_held():
+                for b in browsers.values():
+                    b.stop()
+                server.close()
         return run
+
+
+# Ctrl-C and SIGTERM (main() routes both here) while browsers start or stop are held until that is done: a
+# second signal (the terminal's Ctrl-C reaches this process and `lab call`, which then sends SIGTERM too) must
+# not leave a browser running or a profile behind. A flag, not pthread_sigmask: the kernel hands a signal to
+# any thread that does not block it (the HTTP server's), and Python then runs the handler in the main thread.
+_HOLD = {"depth": 0, "pending": 0}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    if _HOLD["depth"]:
+        _HOLD["pending"] = 1
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    _HOLD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HOLD["depth"] -= 1
+        if not _HOLD["depth"] and _HOLD["pending"]:
+            _HOLD["pending"] = 0
+            raise KeyboardInterrupt
 
 
 def _exited(browsers: dict[str, Browser]) -> str | None:
@@ -195,8 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     prefix = ["ip", "netns", "exec", a.village_ns] if a.village_ns else []
     spec = CallSpec(a.width, a.height, a.fps, a.kbit, a.seconds, a.connect_timeout)
+    # SIGTERM (from `desanet lab call` on Ctrl-C or its deadline) unwinds like Ctrl-C, so run_call's cleanup
+    # stops both browsers by PID and removes their profiles; neither cuts that cleanup short (_signals_held).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         run = run_call(a.bind, prefix, spec)
+    except KeyboardInterrupt:
+        print(json.dumps({"connected": False, "error": "interrupted", "could_not_call": True}))
+        return 130
     except (CallError, OSError, ValueError) as exc:
         print(json.dumps({"connected": False, "error": str(exc), "could_not_call": True}))
         return 2

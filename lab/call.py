@@ -83,12 +83,12 @@ def call(
         "--connect-timeout", str(connect_timeout),
     ]  # fmt: skip
     # Bounded: the call, the wait for a call under way (calls.run's lock), start-up and hang-up.
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + connect_timeout + 120, check=False)
+    stdout, stderr, code = _run_bounded(argv, timeout=seconds + connect_timeout + 120)
     try:
-        record = json.loads(proc.stdout.strip().splitlines()[-1])
+        record = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CallUnavailable(f"the call runner ended with code {proc.returncode}: {tail}") from None
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise CallUnavailable(f"the call runner ended with code {code}: {tail}") from None
     if record.get("could_not_call"):
         raise CallUnavailable(str(record.get("error")))
     outcome = judge_call(
@@ -100,3 +100,21 @@ def call(
         profile.video_fps,
     )
     return LabCall(village=slug, profile=profile, outcome=outcome, record=record)
+
+
+def _run_bounded(argv: list[str], timeout: float) -> tuple[str, str, int]:
+    """Run the call runner; on Ctrl-C or the deadline, SIGTERM it and wait, so it stops its browsers.
+
+    subprocess.run would SIGKILL it at once, leaving both Chromiums running without a parent."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:  # KeyboardInterrupt, the deadline: hang up properly, then let it propagate
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # by its PID; its browsers are in their own groups and were being stopped
+            proc.communicate()
+        raise
+    return out, err, proc.returncode

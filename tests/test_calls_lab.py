@@ -10,12 +10,18 @@ shared two-core host a starved CPU reads as congestion to Chrome's estimator (me
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from desanet.calls.browser import find_chromium
+from tests.conftest import stop_process
 
 pytestmark = [
     pytest.mark.lab,
@@ -89,3 +95,44 @@ def test_blackholed_village_fails_to_connect_with_a_clear_message_within_15_s(la
 def test_a_call_that_cannot_be_made_exits_2_with_one_line(lab: Any, args: tuple[str, ...], words: str) -> None:
     proc = lab.desanet("lab", "call", *args, check=False, timeout=60)
     assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _call_browsers() -> set[int]:
+    """PIDs of live Chromium processes with a call's throwaway profile (one call per host, so they are ours)."""
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"desanet-call-chromium-" in (proc / "cmdline").read_bytes():
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.add(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_an_interrupted_call_leaves_no_browser_behind(lab: Any) -> None:
+    """Ctrl-C on `desanet lab call` mid-call: both browsers stopped, their profiles removed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "desanet.cli", "lab", "call", VILLAGE, *SMALL, "--duration", "60"],
+        env=lab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(_call_browsers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        before = _call_browsers()
+        assert len(before) >= 2, "the call's browsers never started"
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 15
+    while _call_browsers() & before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _call_browsers() & before
+    assert not list(Path(tempfile.gettempdir()).glob("desanet-call-chromium-*"))
