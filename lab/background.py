@@ -7,13 +7,17 @@ against its start time, so a recycled PID is never signalled) at `--stop`, at it
 `lab down`.
 
 State changes made here hold an exclusive lock on the state directory, so two `desanet lab load` commands
-(or a scenario and a person) cannot lose each other's tasks.
+(or a scenario and a person) cannot lose each other's tasks, and they are not interrupted halfway: Ctrl-C or
+SIGTERM is held until the state is saved, so a process is never started without being recorded (and so
+stoppable), nor a link cut without the lab knowing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,12 +27,27 @@ from desanet.lab import lab as labmod
 
 
 @contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then); a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@contextlib.contextmanager
 def locked_state(prefix: str | None = None) -> Iterator[dict[str, Any]]:
-    """The lab state, read under an exclusive lock and saved when the block ends without an error."""
+    """The lab state, read under an exclusive lock and saved when the block ends without an error; Ctrl-C and
+    SIGTERM wait until then."""
     d = labmod.state_dir(prefix)
     if not (d / "state.json").exists():
         raise labmod.LabError("the lab is not up: run `desanet lab up` first")
-    with open(d / "state.lock", "a") as lock:
+    with uninterrupted(), open(d / "state.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = labmod.load_state(prefix)
         if state is None or not state.get("complete"):

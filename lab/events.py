@@ -108,16 +108,29 @@ def power_on(village: str, *, prefix: str | None = None, wait: float = 10.0) -> 
 
 def reboot(village: str, down_for: float, *, prefix: str | None = None, say: Any = None) -> dict[str, Any]:
     """A power cut of `down_for` seconds, waited out here; the power comes back even if this is interrupted."""
-    off = power_off(village, down_for, prefix=prefix)
-    if say:
-        say(f"{off['village']}: power off, link down, snmpd and iperf3 killed; back in {down_for:g} s")
+    asked = time.time()
     try:
+        off = power_off(village, down_for, prefix=prefix)
+        if say:
+            say(f"{off['village']}: power off, link down, snmpd and iperf3 killed; back in {down_for:g} s")
         time.sleep(max(0.0, off["until"] - time.time()))  # counted from the cut, not from when the kills ended
     finally:
-        on = power_on(village, prefix=prefix)
+        # Also when interrupted just after the cut; never a cut that another command made before this one.
+        on = power_on(village, prefix=prefix) if powered_off_since(village, asked, prefix=prefix) else None
+    assert on is not None  # power_off returned, so the cut was this one's
     if say:
         say(f"{on['village']}: power back after {on['down_seconds']:g} s; snmpd restarted (sysUpTime from 0)")
     return on
+
+
+def powered_off_since(village: str, since: float, *, prefix: str | None = None) -> bool:
+    """Whether the village is without power from a cut made at or after `since` (wall clock)."""
+    state = labmod.load_state(prefix)
+    if state is None:
+        return False
+    slug = labmod._find_slug(labmod.plan_from_state(state), village)
+    event = state.get("events", {}).get(f"reboot:{slug}")
+    return event is not None and float(event["since"]) >= since
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -163,7 +176,13 @@ def ramp_values(start: float, end: float, seconds: float, elapsed: float) -> flo
 
 
 def ramp_optical(
-    village: str, to_dbm: float, over: float, *, start_dbm: float | None = None, prefix: str | None = None
+    village: str,
+    to_dbm: float,
+    over: float,
+    *,
+    start_dbm: float | None = None,
+    prefix: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """Move a village's reported optical rx level from where it is (or `start_dbm`) to `to_dbm` over `over` s."""
     labmod.preflight()
@@ -206,6 +225,7 @@ def ramp_optical(
                 started=now,
                 until=now + over,
                 stats=spec["stats"],
+                owner=owner,
             ),
         }
 

@@ -165,11 +165,15 @@ def _queues(lp: LabPlan) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- processes
 def _proc_start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), or None when it is not running: gone, or a zombie
+    whose parent has not reaped it yet (a lab process outlives the command that started it, so its parent is
+    init, which may take its time)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _spawn(

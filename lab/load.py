@@ -247,9 +247,16 @@ def _villages_of(lp: LabPlan, village: str | None, kecamatan: str | None) -> tup
 
 
 def start(
-    village: str | None, kecamatan: str | None, spec: LoadSpec, *, prefix: str | None = None, wait: float = 10.0
+    village: str | None,
+    kecamatan: str | None,
+    spec: LoadSpec,
+    *,
+    prefix: str | None = None,
+    wait: float = 10.0,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Start a load as a background process of the lab; return its task entry once its sockets are open."""
+    """Start a load as a background process of the lab; return its task entry once its sockets are open.
+    `owner` tags it (a scenario player), so its owner can stop it even if interrupted before it saw the id."""
     labmod.preflight()
     with background.locked_state(prefix) as state:
         lp = labmod.plan_from_state(state)
@@ -282,6 +289,7 @@ def start(
             started=now,
             until=now + spec.seconds,
             stats=str(stats_file),
+            owner=owner,
         )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and not stats_file.exists() and background.alive(entry):

@@ -27,6 +27,7 @@ kecamatan names are checked against the lab that is up (or an inventory).
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -389,14 +390,15 @@ class Player:
         if not 0 < speed <= 100_000:
             raise labmod.LabError("--speed must be more than 0 (1 plays in real time, 60 an hour a minute)")
         self.scn, self.speed, self.say, self.prefix = scn, speed, say, prefix
-        self.loads: list[str] = []
-        self.ramps: list[str] = []
+        self.owner = f"scenario:{os.getpid()}:{time.time():.6f}"  # tags the loads and ramps this player starts
         self.dark: set[str] = set()
         self.touched: set[tuple[str, str]] = set()
         self._indent = ""
+        self.started = time.time()
 
     def play(self, sleep: Callable[[float], None] = time.sleep) -> None:
         items, end = timeline(self.scn, self.speed)
+        self.started = time.time()
         self.say(f"scenario: {self.scn.name} ({_dur(end)}{f' at {self.speed:g}x' if self.speed != 1 else ''})")
         t0 = time.monotonic()
         completed = False
@@ -420,8 +422,10 @@ class Player:
         stamp = f"[{now:8.1f} s]" if self.speed == 1 else f"[{now:8.1f} s ≙ {_dur(it.t * self.speed):>8}]"
         if it.step is None:
             assert it.village is not None
-            on = events.power_on(it.village, prefix=self.prefix)
             self.dark.discard(it.village)
+            if not events.powered_off_since(it.village, self.started, prefix=self.prefix):
+                return  # a restore step brought it back already
+            on = events.power_on(it.village, prefix=self.prefix)
             self.say(f"{stamp} power back at {on['village']}: link up, snmpd restarted")
             return
         step = it.step
@@ -456,15 +460,14 @@ class Player:
                 prefix=self.prefix,
             )
             if s.to is not None and s.over is not None and s.village is not None:
-                r = events.ramp_optical(s.village, s.to, s.over / self.speed, prefix=self.prefix)
-                self.ramps.append(r["id"])
+                events.ramp_optical(s.village, s.to, s.over / self.speed, prefix=self.prefix, owner=self.owner)
         elif step.load is not None:
-            entry = load.start(step.load.village, step.load.kecamatan, _spec(step.load, self.speed), prefix=self.prefix)
-            self.loads.append(entry["id"])
+            spec = _spec(step.load, self.speed)
+            entry = load.start(step.load.village, step.load.kecamatan, spec, prefix=self.prefix, owner=self.owner)
             self.say(f"{self._indent} load {entry['id']} runs (pid {entry['pid']})")
         elif step.reboot is not None:
+            self.dark.add(step.reboot.village)  # before: an interrupt may land as power_off returns
             events.power_off(step.reboot.village, step.reboot.down_for / self.speed, prefix=self.prefix)
-            self.dark.add(step.reboot.village)
         elif step.restore is not None:
             restore(step.restore.village, step.restore.kecamatan, prefix=self.prefix)
             self.dark.discard(step.restore.village or "")
@@ -475,13 +478,13 @@ class Player:
         """Power on what this scenario cut, stop its loads and ramps, restore what it impaired."""
         for slug in sorted(self.dark):
             try:
-                events.power_on(slug, prefix=self.prefix)
+                if events.powered_off_since(slug, self.started, prefix=self.prefix):  # this scenario's cut only
+                    events.power_on(slug, prefix=self.prefix)
             except labmod.LabError as exc:
                 self.say(f"  power on {slug}: {exc}")
-        mine = set(self.loads) | set(self.ramps)
         try:
             with background.locked_state(self.prefix) as state:
-                background.stop(state, lambda tid, _e: tid in mine)
+                background.stop(state, lambda _tid, e: e.get("owner") == self.owner)
         except labmod.LabError as exc:
             self.say(f"  stopping loads: {exc}")
         for kind, name in sorted(self.touched):

@@ -84,9 +84,7 @@ def test_every_problem_at_once_with_its_line_and_column() -> None:
 def test_yaml_and_top_level_mistakes_are_located_too() -> None:
     assert problems("name: x\ncause: y\nsteps:\n  - at: 0\n   load: {}\n")[0].startswith("s.yaml:5:4: YAML syntax")
     assert problems("- at: 0\n") == ["s.yaml:1:1: a scenario is a mapping with name:, cause: and steps:"]
-    assert problems("name: x\ncause: y\nsteps: []\n") == [
-        "s.yaml:1:1: a scenario needs at least one step under steps:"
-    ]
+    assert problems("name: x\ncause: y\nsteps: []\n") == ["s.yaml:1:1: a scenario needs at least one step under steps:"]
     assert problems("name: x\nsteps:\n  - {at: 1, note: hello}\n") == ["s.yaml:1:1: missing required key 'cause'"]
     missing = sc.resolve("no-such-scenario")
     with pytest.raises(sc.ScenarioError, match="no such file and no shipped scenario has that name"):
@@ -139,6 +137,10 @@ def test_a_scenario_plays_end_to_end(lab: Lab, tmp_path: Path) -> None:
         "    impair: {village: rogojampi, delay: 20, up_delay: 5}\n"
         "  - at: 20s\n"
         "    reboot: {village: kebaman, down_for: 20s}\n"
+        "  - at: 25s\n"
+        "    reboot: {village: sukonatar, down_for: 60s}\n"
+        "  - at: 45s\n"
+        "    restore: {village: sukonatar}\n"  # back before its time: the timeline's power-on is skipped
         "  - at: 50s\n"
         "    restore: {village: rogojampi}\n"
     )
@@ -154,7 +156,7 @@ def test_a_scenario_plays_end_to_end(lab: Lab, tmp_path: Path) -> None:
         st = _status(lab)
         assert [t["target"] for t in st["tasks"].values()] == ["rogojampi"]
         assert st["impaired"]["v:rogojampi"]["down"]["delay_ms"] == 20
-        assert "reboot:kebaman" in st["events"]
+        assert "reboot:kebaman" in st["events"] and "reboot:sukonatar" in st["events"]
         out, err = play.communicate(timeout=30)
     finally:
         if play.poll() is None:
@@ -162,15 +164,19 @@ def test_a_scenario_plays_end_to_end(lab: Lab, tmp_path: Path) -> None:
             play.wait(20)
     assert play.returncode == 0, err
     lines = out.splitlines()
-    assert lines[0] == "scenario: a short afternoon (5 s at 10x)"
+    assert lines[0] == "scenario: a short afternoon (8.5 s at 10x)"
     assert any("the office starts a download" in line for line in lines)
     assert any("load rogojampi: bulk, 2 flows, down 10 Mbit/s for 4 s" in line for line in lines)
     assert any("power cut at kebaman for 2 s" in line for line in lines)
     assert any("power back at kebaman" in line for line in lines)
+    assert any("restore sukonatar" in line for line in lines)
+    assert not any("power back at sukonatar" in line for line in lines), out
     assert any("restore rogojampi" in line for line in lines)
     assert lines[-1].endswith("scenario ended")
     st = _status(lab)
     assert st["up"] and not st["tasks"] and not st["events"] and "v:rogojampi" not in st["impaired"]
+    for slug in ("kebaman", "sukonatar"):
+        assert lab.noc("ping", "-c", "1", "-W", "1", lab.address(slug)).returncode == 0
 
 
 @pytest.mark.lab
