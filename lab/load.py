@@ -295,8 +295,10 @@ def start(
     while time.monotonic() < deadline and not stats_file.exists() and background.alive(entry):
         time.sleep(0.05)
     if not stats_file.exists():
+        with background.locked_state(prefix) as state:  # not left half-started: stopped by its PID, forgotten
+            background.stop(state, lambda t, _e: t == tid)
         tail = _tail(d / f"{tid}.log")
-        raise LoadError(f"load {tid} did not start{': ' + tail if tail else ''}")
+        raise LoadError(f"load {tid} did not start within {wait:g} s{': ' + tail if tail else ''}")
     return {"id": tid, **entry}
 
 

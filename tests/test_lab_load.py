@@ -334,6 +334,17 @@ def test_a_load_ends_at_its_time_and_bad_input_is_one_clear_line(lab: Lab, loads
 
 
 @pytest.mark.lab
+def test_a_load_that_does_not_start_in_time_is_stopped_not_left(lab: Lab, loads: list[str]) -> None:
+    from desanet.lab import load
+
+    before = set(json.loads(lab.desanet("lab", "status", "--json").stdout)["tasks"])
+    with pytest.raises(load.LoadError, match="did not start within 0 s"):  # no process opens its sockets in 0 s
+        load.start("glagah", None, make_spec("cbr", up="1", seconds=30), prefix=lab.prefix, wait=0)
+    after = json.loads(lab.desanet("lab", "status", "--json").stdout)["tasks"]
+    assert set(after) == before
+
+
+@pytest.mark.lab
 @pytest.mark.slow
 def test_lab_down_stops_loads_and_ramps_by_pid(tmp_path: Path) -> None:
     """A lab of its own (one village), so taking it down does not disturb the session's lab."""
