@@ -85,8 +85,8 @@ def register(app: typer.Typer) -> None:
     @lab_app.command("status")
     def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
         """Is the lab up, and what is impaired? Exit 0 when up and healthy, 1 otherwise."""
-        from desanet.lab.lab import shaping_words as _shaping_words
         from desanet.lab.lab import status
+        from desanet.lab.shaping import shaping_words as _shaping_words
 
         st = status()
         if as_json:

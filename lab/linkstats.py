@@ -85,7 +85,8 @@ def counter_names(far_if: str, direction: str) -> tuple[str, str]:
 
 
 def specs_from_state(state: dict[str, Any]) -> list[DirSpec]:
-    from desanet.lab.lab import _links, _shape, plan_from_state
+    from desanet.lab.lab import plan_from_state
+    from desanet.lab.shaping import _links, _shape
 
     out = []
     for link in _links(plan_from_state(state)):
@@ -119,7 +120,8 @@ def specs_from_state(state: dict[str, Any]) -> list[DirSpec]:
 
 def namespaces_with_rules(state: dict[str, Any]) -> set[str]:
     """Namespaces where a loss or cut rule is set now (their nftables counters are worth reading)."""
-    from desanet.lab.lab import _links, plan_from_state
+    from desanet.lab.lab import plan_from_state
+    from desanet.lab.shaping import _links
 
     ns = set()
     for link in _links(plan_from_state(state)):

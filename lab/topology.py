@@ -125,3 +125,7 @@ def plan(inv: Inventory, prefix: str | None = None) -> LabPlan:
     if len(villages) > 30000:
         raise ValueError("the lab supports at most 30000 villages (NFQUEUE numbers are 16-bit)")
     return LabPlan(prefix=p, noc_ns=f"{p}-noc", core_ns=f"{p}-core", kecamatan=tuple(kecs.values()), villages=villages)
+
+
+class LabError(Exception):
+    """A lab operation that cannot go ahead; the message says why in words."""

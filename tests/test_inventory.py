@@ -587,7 +587,7 @@ def test_a_file_path_naming_a_secret_variable_never_echoes_its_value(
         FileSecret(file="$DESANET_SNMP_COMMUNITY")
     assert "rel-community" not in str(info.value) and "{env: DESANET_SNMP_COMMUNITY}" in str(info.value)
     path = tmp_path / "inv.yaml"
-    path.write_text(MINIMAL.replace("{env: DESANET_SNMP_COMMUNITY}", "{file: \"${DESANET_SNMP_COMMUNITY}/x\"}"))
+    path.write_text(MINIMAL.replace("{env: DESANET_SNMP_COMMUNITY}", '{file: "${DESANET_SNMP_COMMUNITY}/x"}'))
     with pytest.raises(InventoryError) as err:
         load_inventory(path)
     assert "rel-community" not in str(err.value) and "not $DESANET_SNMP_COMMUNITY" in str(err.value)

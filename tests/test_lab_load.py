@@ -95,7 +95,8 @@ def _rtts(lab: Lab, address: str, count: int = 300, interval: float = 0.01) -> l
 
 def _buffer_ms(lab: Lab, slug: str | None = None, kecamatan: str | None = None, direction: str = "down") -> float:
     """The queue the lab put on that link direction, in ms at its rate (what a full queue delays a packet by)."""
-    from desanet.lab.lab import load_state, shape_for
+    from desanet.lab.lab import load_state
+    from desanet.lab.shaping import shape_for
 
     state = load_state(lab.prefix)
     assert state is not None
