@@ -116,6 +116,7 @@ def test_the_wheel_installs_one_top_level_name(tmp_path: Path) -> None:
         "desanet/check/measure.py",
         "desanet/cli/app.py",
         "desanet/dashboards/json/desanet-overview.json",
+        "desanet/lab/scenarios/demo.yaml",
     ):
         assert must in names, must
     entry = next(n for n in names if n.endswith("entry_points.txt"))
