@@ -8,6 +8,7 @@ family, stops the exporter (by PID) and takes the lab down.
 
     python bench/dashboards/count_series.py                       # lean, then --metrics.detail
     python bench/dashboards/count_series.py --modes lean --json /tmp/series.json
+    python bench/dashboards/count_series.py --rev 1b8823d --modes lean  # an older commit's exporter
 
 A scrape by `promtool check metrics` is part of it: the output must be clean.
 """
@@ -100,7 +101,14 @@ def ready(text: str, villages: int) -> bool:
 
 
 def run(
-    mode: str, env: dict[str, str], inventory: Path, noc: str, listen: str, settle: float, limit: float
+    mode: str,
+    env: dict[str, str],
+    inventory: Path,
+    noc: str,
+    listen: str,
+    settle: float,
+    limit: float,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     from desanet.district import load_inventory
 
@@ -109,9 +117,12 @@ def run(
     if mode == "detail":
         args.append("--metrics.detail")
     with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "serve.log").open("w") as log:
+        # An older commit's code runs from its own directory (`python -m` puts the working directory first).
+        extra = {"PYTHONPATH": str(code)} if code else {}
         proc = subprocess.Popen(
             ["ip", "netns", "exec", noc, sys.executable, "-m", "desanet.cli", *args],
-            env={**env, "DESANET_STATE_DIR": tmp},
+            env={**env, **extra, "DESANET_STATE_DIR": tmp},
+            cwd=code or None,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -144,37 +155,53 @@ def run(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inventory", type=Path, default=ROOT / "inventory.yaml")
+    ap.add_argument("--inventory", type=Path, help="default: the inventory.yaml of the code that runs")
     ap.add_argument("--prefix", default="cs", help="lab namespace prefix (default cs)")
     ap.add_argument("--modes", nargs="+", default=["lean", "detail"], choices=["lean", "detail"])
     ap.add_argument("--listen", default="127.0.0.1:19918")
     ap.add_argument("--settle", type=float, default=150, help="seconds to run at least: the first traces run by then")
     ap.add_argument("--limit", type=float, default=420, help="seconds to wait for every village at most")
+    ap.add_argument("--rev", help="run this git revision's exporter (lean mode means its whole output)")
     ap.add_argument("--json", type=Path)
     opts = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     env = {**os.environ, **SECRETS, "DESANET_LAB_PREFIX": opts.prefix}
-    up = desanet(env, "lab", "up", "--inventory", str(opts.inventory))
-    if up.returncode != 0:
-        raise SystemExit(f"lab up failed: {up.stderr}")
     noc = f"{opts.prefix}-noc"
-    results = []
-    try:
-        for mode in opts.modes:
-            r = run(mode, env, opts.inventory, noc, opts.listen, opts.settle, opts.limit)
-            results.append(r)
-            top = ", ".join(f"{k} {v}" for k, v in list(r["families"].items())[:8])
-            print(
-                f"{mode}: {r['villages']} villages, {r['series_total']} series ({r['bytes'] / 1000:.0f} kB), "
-                f"{r['per_village']} a village ({r['total_per_village']} counting the exporter's own); "
-                f"promtool {r['promtool']}; largest: {top}",
-                flush=True,
-            )
-    finally:
-        desanet(env, "lab", "down")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="desanet-rev-") as tmp:
+        code = None
+        if opts.rev:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", opts.rev], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+            code = Path(tmp)
+        # The lab (this checkout's) is built from the inventory the measured code reads: an older commit's
+        # exporter may not know a newer inventory's fields.
+        opts.inventory = opts.inventory or (code or ROOT) / "inventory.yaml"
+        up = desanet(env, "lab", "up", "--inventory", str(opts.inventory))
+        if up.returncode != 0:
+            raise SystemExit(f"lab up failed: {up.stderr}")
+        try:
+            measure(opts, env, noc, code, results)
+        finally:
+            desanet(env, "lab", "down")
     if opts.json:
         opts.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def measure(opts: argparse.Namespace, env: dict[str, str], noc: str, code: Path | None, results: list[Any]) -> None:
+    """Each mode in turn on the lab that is up: its counts printed and appended to `results`."""
+    for mode in opts.modes:
+        r = run(mode, env, opts.inventory, noc, opts.listen, opts.settle, opts.limit, code)
+        r["rev"] = opts.rev or "working tree"
+        results.append(r)
+        top = ", ".join(f"{k} {v}" for k, v in list(r["families"].items())[:8])
+        print(
+            f"{mode}: {r['villages']} villages, {r['series_total']} series ({r['bytes'] / 1000:.0f} kB), "
+            f"{r['per_village']} a village ({r['total_per_village']} counting the exporter's own); "
+            f"promtool {r['promtool']}; largest: {top}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
