@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from desanet.lab.control import control_request
 from desanet.lab.delay_model import DelayLine, DelaySpec
 from desanet.lab.netns import socket_in_netns
 
@@ -439,20 +440,7 @@ def spec_from_state(imp: dict[str, Any]) -> DelaySpec:
 
 def request(state_dir: Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     """Send one command to a running emulator."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(state_dir / "emulator.sock"))
-        s.sendall((json.dumps(payload) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data or b"{}")
-    if not reply.get("ok"):
-        raise RuntimeError(f"emulator: {reply.get('error', 'no answer')}")
-    return reply
+    return control_request(state_dir / "emulator.sock", payload, "emulator", timeout)
 
 
 def main() -> None:

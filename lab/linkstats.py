@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from desanet.lab.control import control_request
+
 log = logging.getLogger("desanet.lab.linkstats")
 
 NETLINK_ROUTE = 0
@@ -532,20 +534,7 @@ class Sampler:
 
 def request(state_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     """Send one command to the running sampler."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(state_dir / "linkstats.sock"))
-        s.sendall((json.dumps(payload) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data or b"{}")
-    if not reply.get("ok"):
-        raise RuntimeError(f"linkstats: {reply.get('error', 'no answer')}")
-    return reply
+    return control_request(state_dir / "linkstats.sock", payload, "linkstats", timeout)
 
 
 def main() -> None:
