@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,3 +139,20 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., Any]]:
+    """`iperf3 -s` on 127.0.0.1 (tests/test_throughput.py's Iperf3Server), as many as a test asks for, stopped
+    by PID at the end."""
+    from tests.test_throughput import Iperf3Server
+
+    servers: list[Iperf3Server] = []
+
+    def make(**kw: bool) -> Iperf3Server:
+        servers.append(Iperf3Server(**kw))
+        return servers[-1]
+
+    yield make
+    for srv in servers:
+        srv.stop()

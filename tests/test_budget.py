@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -393,20 +393,6 @@ def test_enabling_on_demand_wants_a_part_of_the_daily_budget() -> None:
     assert "on_demand.budget_megabytes_per_day (50) is more than budget_megabytes_per_day (10)" in str(info.value)
 
 
-@pytest.fixture
-def iperf3_servers() -> Iterator[Callable[..., Iperf3Server]]:
-    """`iperf3 -s` on 127.0.0.1 (tests/test_throughput.py), as many as a test asks for, stopped by PID."""
-    servers: list[Iperf3Server] = []
-
-    def make(**kw: bool) -> Iperf3Server:
-        servers.append(Iperf3Server(**kw))
-        return servers[-1]
-
-    yield make
-    for srv in servers:
-        srv.stop()
-
-
 # --------------------------------------------------------------------------------------------- real tests
 # A real iperf3 server on 127.0.0.1, the real probe, the real ledger file: what a test moved is charged when it
 # is cancelled (a /probe scrape timeout) or its process is killed.
@@ -438,11 +424,11 @@ def _server_counted(report: dict[str, Any]) -> int:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("direction", ["down", "up"])
 def test_a_cancelled_test_is_charged_what_it_moved(
-    state: Path, iperf3_servers: Callable[..., Iperf3Server], direction: str
+    state: Path, make_server: Callable[..., Iperf3Server], direction: str
 ) -> None:
     from desanet.probes.throughput import Progress, ThroughputSettings, probe
 
-    srv = iperf3_servers(one_off=True, json_output=True)
+    srv = make_server(one_off=True, json_output=True)
     inv = parse_inventory(LOOPBACK.format(port=srv.port), now=datetime(2026, 11, 28, tzinfo=WIB))
     now = datetime.now(WIB)
     finals: list[Progress] = []
@@ -507,11 +493,11 @@ KILLED_CHILD = textwrap.dedent(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("direction", ["down", "up"])
 def test_a_killed_test_is_charged_its_reservation_before_the_next_test(
-    state: Path, tmp_path: Path, iperf3_servers: Callable[..., Iperf3Server], direction: str
+    state: Path, tmp_path: Path, make_server: Callable[..., Iperf3Server], direction: str
 ) -> None:
     from desanet.probes.throughput import ThroughputSettings, payload_bound, receive_buffer_max
 
-    srv = iperf3_servers(one_off=True, json_output=True)
+    srv = make_server(one_off=True, json_output=True)
     path = tmp_path / "inventory.yaml"
     path.write_text(LOOPBACK.format(port=srv.port))
     inv = parse_inventory(path.read_text(), now=datetime(2026, 11, 28, tzinfo=WIB))

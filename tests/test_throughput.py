@@ -15,7 +15,7 @@ import socket
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,20 +117,6 @@ class Iperf3Server:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[..., Iperf3Server]]:
-    servers: list[Iperf3Server] = []
-
-    def make(**kw: bool) -> Iperf3Server:
-        srv = Iperf3Server(**kw)
-        servers.append(srv)
-        return srv
-
-    yield make
-    for srv in servers:
-        srv.stop()
 
 
 @pytest.fixture
