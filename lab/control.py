@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +26,30 @@ def control_request(path: Path, payload: dict[str, Any], who: str, timeout: floa
     if not reply.get("ok"):
         raise RuntimeError(f"{who}: {reply.get('error', 'no answer')}")
     return reply
+
+
+def control_listen(path: Path) -> socket.socket:
+    """The daemon's side: a non-blocking unix socket at `path` (a stale one from a crash is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(16)
+    server.setblocking(False)
+    return server
+
+
+def control_answer(server: socket.socket, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Accept one pending command, answer it with `handle(request)`; bad input is an error reply, never a crash."""
+    try:
+        conn, _ = server.accept()
+    except OSError:
+        return
+    with conn:
+        conn.settimeout(2)
+        try:
+            resp = handle(json.loads(conn.makefile("r").readline() or "{}"))
+        except (ValueError, OSError) as exc:
+            resp = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(OSError):
+            conn.sendall((json.dumps(resp) + "\n").encode())

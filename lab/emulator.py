@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from desanet.lab.control import control_request
+from desanet.lab.control import control_answer, control_listen, control_request
 from desanet.lab.delay_model import DelayLine, DelaySpec
 from desanet.lab.netns import socket_in_netns
 
@@ -355,47 +355,33 @@ class Emulator:
         return {key: d.summary(since) for key, d in self.directions.items() if d.passed or d.drops}
 
     def _on_control(self, server: socket.socket) -> None:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(2)
-            try:
-                line = conn.makefile("r").readline()
-                req = json.loads(line or "{}")
-                cmd = req.get("cmd")
-                if cmd == "reload":
-                    self.reload()
-                    resp: dict[str, Any] = {"ok": True}
-                elif cmd == "truth":
-                    resp = {"ok": True, "applied": self.truth(float(req.get("window", 60)))}
-                elif cmd == "packets":
-                    d = self.directions.get(str(req.get("key")))
-                    if d is None:
-                        raise ValueError(f"no emulated direction {req.get('key')!r}")
-                    since = time.time() - float(req.get("window", 60))
-                    resp = {"ok": True, "fields": list(PACKET_FIELDS), "packets": d.packets(since)}
-                elif cmd == "ping":
-                    resp = {"ok": True, "pid": os.getpid(), "held": len(self.heap)}
-                elif cmd == "stop":
-                    self.stop = True
-                    resp = {"ok": True}
-                else:
-                    resp = {"ok": False, "error": f"unknown command {cmd!r}"}
-            except (ValueError, OSError) as exc:
-                resp = {"ok": False, "error": str(exc)}
-            with contextlib.suppress(OSError):
-                conn.sendall((json.dumps(resp) + "\n").encode())
+        control_answer(server, self._command)
+
+    def _command(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "reload":
+            self.reload()
+            resp: dict[str, Any] = {"ok": True}
+        elif cmd == "truth":
+            resp = {"ok": True, "applied": self.truth(float(req.get("window", 60)))}
+        elif cmd == "packets":
+            d = self.directions.get(str(req.get("key")))
+            if d is None:
+                raise ValueError(f"no emulated direction {req.get('key')!r}")
+            since = time.time() - float(req.get("window", 60))
+            resp = {"ok": True, "fields": list(PACKET_FIELDS), "packets": d.packets(since)}
+        elif cmd == "ping":
+            resp = {"ok": True, "pid": os.getpid(), "held": len(self.heap)}
+        elif cmd == "stop":
+            self.stop = True
+            resp = {"ok": True}
+        else:
+            resp = {"ok": False, "error": f"unknown command {cmd!r}"}
+        return resp
 
     def run(self) -> None:
         ctl_path = self.state_dir / "emulator.sock"
-        with contextlib.suppress(FileNotFoundError):
-            ctl_path.unlink()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(ctl_path))
-        server.listen(16)
-        server.setblocking(False)
+        server = control_listen(ctl_path)
         nfq_fds = {q.sock.fileno(): q.sock for q in self.nfq}
         log_fds = {q.sock.fileno(): q.sock for q in self.nflog}
         fds = [server.fileno(), *nfq_fds, *log_fds]

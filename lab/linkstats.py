@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from desanet.lab.control import control_request
+from desanet.lab.control import control_answer, control_listen, control_request
 
 log = logging.getLogger("desanet.lab.linkstats")
 
@@ -481,34 +481,21 @@ class Sampler:
         return {key: summarise(d, since) for key, d in self.directions.items()}
 
     def _on_control(self, server: socket.socket) -> None:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(2)
-            try:
-                req = json.loads(conn.makefile("r").readline() or "{}")
-                cmd = req.get("cmd")
-                if cmd == "truth":
-                    resp: dict[str, Any] = {"ok": True, "links": self.truth(float(req.get("window", 60)))}
-                elif cmd == "ping":
-                    resp = {"ok": True, "pid": os.getpid()}
-                else:
-                    resp = {"ok": False, "error": f"unknown command {cmd!r}"}
-            except (ValueError, OSError) as exc:
-                resp = {"ok": False, "error": str(exc)}
-            with contextlib.suppress(OSError):
-                conn.sendall((json.dumps(resp) + "\n").encode())
+        control_answer(server, self._command)
+
+    def _command(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "truth":
+            resp: dict[str, Any] = {"ok": True, "links": self.truth(float(req.get("window", 60)))}
+        elif cmd == "ping":
+            resp = {"ok": True, "pid": os.getpid()}
+        else:
+            resp = {"ok": False, "error": f"unknown command {cmd!r}"}
+        return resp
 
     def run(self) -> None:
         ctl = self.state_dir / "linkstats.sock"
-        with contextlib.suppress(FileNotFoundError):
-            ctl.unlink()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(ctl))
-        server.listen(16)
-        server.setblocking(False)
+        server = control_listen(ctl)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
         self.reload()
         (self.state_dir / "linkstats.ready").write_text(str(os.getpid()))
