@@ -1,10 +1,10 @@
 """Village drill-down: why is this village (not) ready, and since when.
 
-Top to bottom: the verdict and its inputs now; SmokePing-style latency (median line in the min–max and
-median–p95 smoke, loss as red bars on the right axis) with the RTT histogram as a heatmap; jitter, loss and
-delay variation per method and direction against the profile's limits; throughput against contract and
-need; interface traffic against capacity, utilisation, errors and status; optical power with its 7-day
-trend; the path's hops; and the health of each probe.
+Top to bottom: the verdict and its inputs now; the last rehearsal call, per direction (dashboards/rehearsal.py);
+SmokePing-style latency (median line in the min–max and median–p95 smoke, loss as red bars on the right axis)
+with the RTT histogram as a heatmap; jitter, loss and delay variation per method and direction against the
+profile's limits; throughput against contract and need; interface traffic against capacity, utilisation,
+errors and status; optical power with its 7-day trend; the path's hops; and the health of each probe.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import heatmap as hm
 
-from desanet.dashboards import variables
+from desanet.dashboards import rehearsal, variables
 from desanet.dashboards.panels import (
     AT_RISK_COLOUR,
     NOT_READY_COLOUR,
@@ -80,6 +80,7 @@ def build() -> dashboard.Dashboard:
     )
     g = Grid(d)
     _now(g)
+    rehearsal.add_row(g)
     g.row("Latency and loss")
     g.add(_smokeping(), 24, 10)
     g.add(_rtt_heatmap(), 12, 8)
