@@ -6,9 +6,10 @@ the same `desanet.verdict.readiness.assess`, then `explain` turns the verdict in
 try, in English or Bahasa Indonesia. Nothing here needs the exporter or Prometheus running.
 
 The rooms: `measure` (orchestration: which probe runs when, within the time limit), `decide` (which village
-and profile, which figure feeds which factor, where on the path a step lies, the exit code), `history` (last
-week at this hour from Prometheus), `report` (the record of one check), `words` and `messages` (what it says
-to a person, en/id), `report_json` (what it says to a script).
+and profile, which figure feeds which factor, where on the path a step lies, which figure decided a call, the
+exit code), `history` (last week at this hour and the last rehearsal call, from Prometheus), `report` (the
+record of one check), `words` and `messages` (what it says to a person, en/id), `report_json` (what it says to
+a script).
 
 The run, within TIME_LIMIT_SECONDS (15 s) from process start:
 
@@ -16,7 +17,8 @@ The run, within TIME_LIMIT_SECONDS (15 s) from process start:
    apart, one IcmpEngine), a STAMP stream shaped like the profile's video (its packet size and DSCP, 50
    packets/s for 2 s) when the village has a reflector, two SNMP polls of the router (at the start and when
    the latency probes end, so counters give a rate: spare capacity and new interface errors), and with
-   --prometheus the history query.
+   --prometheus the history queries, then the village's last rehearsal call (what a real WebRTC call did,
+   per direction, as the exporter published it).
 2. When latency, jitter or loss are not a pass, or nothing answered: a path trace, to say whether the step is
    on the village's own link or upstream (then it is not a village problem: call the NOC).
 3. Last, so its load cannot colour the latency figures: a throughput test each way against the village's
@@ -37,7 +39,10 @@ permission), so a script can tell "the link is bad" from "the check could not te
 """
 
 from desanet.check.decide import (
+    call_figures,
+    call_outcome,
     choose_profile,
+    deciding_figure,
     exit_code,
     load_village,
     locate_step,
@@ -47,15 +52,18 @@ from desanet.check.decide import (
     reachable,
     report_exit_code,
 )
-from desanet.check.history import fetch_history, history_queries
+from desanet.check.history import fetch_history, fetch_last_call, history_queries, last_call_query
 from desanet.check.measure import Probers, run_check
 from desanet.check.messages import Q, render
 from desanet.check.report import (
     RESERVE_SECONDS,
     TIME_LIMIT_SECONDS,
+    CallDirection,
+    CallFigure,
     CheckError,
     HistoryDay,
     HistoryError,
+    LastCall,
     Note,
     Options,
     Problem,
@@ -69,10 +77,13 @@ from desanet.check.words import Explanation, explain, problem_text
 __all__ = [
     "RESERVE_SECONDS",
     "TIME_LIMIT_SECONDS",
+    "CallDirection",
+    "CallFigure",
     "CheckError",
     "Explanation",
     "HistoryDay",
     "HistoryError",
+    "LastCall",
     "Note",
     "Options",
     "Probers",
@@ -81,11 +92,16 @@ __all__ = [
     "Q",
     "Report",
     "ThroughputOutcome",
+    "call_figures",
+    "call_outcome",
     "choose_profile",
+    "deciding_figure",
     "exit_code",
     "explain",
     "fetch_history",
+    "fetch_last_call",
     "history_queries",
+    "last_call_query",
     "load_village",
     "locate_step",
     "measurements_from",

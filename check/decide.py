@@ -7,13 +7,24 @@ import contextlib
 import ipaddress
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from desanet.check.report import UDP_OVERSHOOT, CheckError, Location, Problem, ProfileChoice, Report, ThroughputOutcome
+from desanet.check.report import (
+    UDP_OVERSHOOT,
+    CallDirection,
+    CallFigure,
+    CheckError,
+    Location,
+    Problem,
+    ProfileChoice,
+    Report,
+    ThroughputOutcome,
+)
 from desanet.district import Inventory, InventoryError, Profile, Village, load_inventory
 from desanet.probes.icmp import IcmpResult
 from desanet.probes.stamp import StampResult
 from desanet.verdict import readiness as rd
+from desanet.verdict.call_outcome import OUTCOMES, Limits, Outcome
 from desanet.verdict.ports import PortActivity
 
 if TYPE_CHECKING:
@@ -181,3 +192,55 @@ def offered_rates(profile: Profile) -> tuple[float, float]:
     """The UDP rehearsal's rate each way: 1.1 × readiness's pass line, so a clean link passes with room."""
     k = rd.BANDWIDTH_MARGIN * UDP_OVERSHOOT * 1e6
     return profile.min_down_mbit * k, profile.min_up_mbit * k
+
+
+# ---------------------------------------------------------------------------------------------- the last call
+CALL_LIMITS: Final = Limits()
+
+
+def call_figures(d: CallDirection, profile: Profile | None, limits: Limits = CALL_LIMITS) -> list[CallFigure]:
+    """Each judged figure of a call direction against the limits verdict/call_outcome.py judged it by, in the
+    order it lists reasons (freeze, frame rate, height, audio). Frame rate and height are judged against the
+    call's profile, so without it (a profile no longer in the inventory) only the frame-rate floor counts and
+    the height is left out."""
+    out: list[CallFigure] = []
+
+    def add(figure: Any, value: float | None, hold: float, fail: float, higher_is_worse: bool) -> None:
+        if value is None:
+            return
+        state: Outcome
+        if higher_is_worse:
+            state = "fails" if value > fail else "degraded" if value > hold else "holds"
+        else:
+            state = "fails" if value < fail else "degraded" if value < hold else "holds"
+        out.append(CallFigure(figure, value, state, hold, fail, higher_is_worse))
+
+    add("freeze", d.freeze_ratio, limits.hold_freeze_ratio, limits.fail_freeze_ratio, True)
+    fps_hold = limits.fail_fps if profile is None else limits.hold_fps_ratio * profile.video_fps
+    add("fps", d.frames_per_second, max(fps_hold, limits.fail_fps), limits.fail_fps, False)
+    if profile is not None:
+        h = profile.video_height
+        add("height", d.video_height_pixels, limits.hold_height_ratio * h, limits.fail_height_ratio * h, False)
+    add("concealment", d.audio_concealment_ratio, limits.hold_concealment, limits.fail_concealment, True)
+    return out
+
+
+def deciding_figure(d: CallDirection, profile: Profile | None, limits: Limits = CALL_LIMITS) -> CallFigure | None:
+    """The figure behind the direction's outcome: the first one in that state (the judge's first reason); for a
+    direction that held, the one closest to its limit. None when no figure is in the published state (no video
+    arrived, or the profile changed since the call)."""
+    figures = call_figures(d, profile, limits)
+    if d.outcome != "holds":
+        return next((f for f in figures if f.state == d.outcome), None)
+
+    def closeness(f: CallFigure) -> float:
+        if f.higher_is_worse:
+            return f.value / f.limit if f.limit > 0 else 0.0
+        return f.limit / f.value if f.value > 0 else float("inf")
+
+    return max(figures, key=closeness, default=None)
+
+
+def call_outcome(directions: dict[str, CallDirection]) -> str:
+    """The call's outcome: its worse direction's."""
+    return max((d.outcome for d in directions.values()), key=OUTCOMES.index, default="fails")

@@ -10,13 +10,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from desanet.check.decide import choose_profile, judge, offered_rates, path_degraded, reachable
-from desanet.check.history import fetch_history
+from desanet.check.history import fetch_history, fetch_last_call
 from desanet.check.messages import (
     Q,
 )
 from desanet.check.report import (
     BUSY_RETRIES,
     BUSY_RETRY_WAIT,
+    CALL_TIMEOUT,
     HISTORY_TIMEOUT,
     ICMP_COUNT,
     ICMP_INTERVAL,
@@ -38,6 +39,7 @@ from desanet.check.report import (
     UDP_SECONDS,
     HistoryDay,
     HistoryError,
+    LastCall,
     Note,
     Options,
     Problem,
@@ -106,6 +108,9 @@ class Probers:
 
     def history(self, url: str, village: str, profile: str, now: datetime) -> list[HistoryDay]:
         return fetch_history(url, village, profile, now)
+
+    def last_call(self, url: str, village: str, now: datetime) -> LastCall | None:
+        return fetch_last_call(url, village, now)
 
     def warm_up(self) -> None:
         """Import what a path trace needs (scapy: most of a second of CPU) in a thread while the latency probes
@@ -315,9 +320,26 @@ async def _measure(report: Report, options: Options, probers: Probers, clock: _C
                 st["event"] = "failed"
                 key = "note_history_failed" if exc.kind == "unreachable" else "note_history_bad"
                 report.notes.append(Note(key, {"url": url}, detail=str(exc)))
+                if exc.kind == "unreachable":
+                    return  # its note says the last call is not shown either
             except TimeoutError:
                 st["event"] = "failed"
                 report.notes.append(Note("note_history_failed", {"url": url}, detail="timed out"))
+                return
+            # The village's last rehearsal call: one instant query, after the history so a Prometheus that
+            # cannot be reached costs one wait, not two.
+            try:
+                report.call = await asyncio.wait_for(
+                    asyncio.to_thread(probers.last_call, url, village.slug, now), timeout=CALL_TIMEOUT + 1
+                )
+                report.call_fetched = True
+            except HistoryError as exc:
+                st["event"] = "failed"
+                key = "note_call_failed" if exc.kind == "unreachable" else "note_call_bad"
+                report.notes.append(Note(key, {"url": url}, detail=str(exc)))
+            except TimeoutError:
+                st["event"] = "failed"
+                report.notes.append(Note("note_call_failed", {"url": url}, detail="timed out"))
 
     async def latency() -> None:
         try:

@@ -56,7 +56,10 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "id": "aliran mirip video: {rate} paket/detik berukuran {size} byte, DSCP {dscp}, selama {duration}",
     },
     "stage_snmp": {"en": "router status over SNMP", "id": "status router lewat SNMP"},
-    "stage_history": {"en": "history from Prometheus", "id": "riwayat dari Prometheus"},
+    "stage_history": {
+        "en": "history and the last rehearsal call from Prometheus",
+        "id": "riwayat dan panggilan gladi terakhir dari Prometheus",
+    },
     "stage_trace": {"en": "path trace to the router", "id": "penelusuran jalur ke router"},
     "stage_throughput_udp": {
         "en": "throughput rehearsal: a {down} stream toward the village, then {up} back",
@@ -371,6 +374,68 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "en": "Prometheus has no data for this village at this hour in the last {days} days.",
         "id": "Prometheus tidak punya data desa ini pada jam ini dalam {days} hari terakhir.",
     },
+    # ------------------------------------------------------------------ the last rehearsal call
+    "call_title": {
+        "en": "Last rehearsal call (from Prometheus): profile {profile}, ended {when}, {ago} ago.",
+        "id": "Panggilan gladi terakhir (dari Prometheus): profil {profile}, selesai {when}, {ago} yang lalu.",
+    },
+    "call_none": {
+        "en": "Last rehearsal call: Prometheus has none for this village in the last 24 hours.",
+        "id": "Panggilan gladi terakhir: Prometheus tidak punya untuk desa ini dalam 24 jam terakhir.",
+    },
+    "call_dir_up": {
+        "en": "Up (the village's camera, seen at the NOC)",
+        "id": "Arah naik (kamera desa, diterima di NOC)",
+    },
+    "call_dir_down": {
+        "en": "Down (the NOC's camera, seen in the village)",
+        "id": "Arah turun (kamera NOC, diterima di desa)",
+    },
+    "call_outcome_holds": {"en": "holds", "id": "lancar"},
+    "call_outcome_degraded": {"en": "DEGRADED", "id": "TERGANGGU"},
+    "call_outcome_fails": {"en": "FAILS", "id": "GAGAL"},
+    "call_line": {
+        "en": "{direction}: {outcome}, decided by {figure}.",
+        "id": "{direction}: {outcome}, karena {figure}.",
+    },
+    "call_line_holds": {
+        "en": "{direction}: {outcome}; closest to its limit: {figure}.",
+        "id": "{direction}: {outcome}; yang paling dekat ke batasnya: {figure}.",
+    },
+    "call_line_plain": {"en": "{direction}: outcome {outcome}.", "id": "{direction}: hasilnya {outcome}."},
+    "call_line_no_video": {
+        "en": "{direction}: {outcome}: no video arrived.",
+        "id": "{direction}: {outcome}: tidak ada video yang sampai.",
+    },
+    "call_line_not_connected": {
+        "en": "{direction}: {outcome}: the call did not connect.",
+        "id": "{direction}: {outcome}: panggilan tidak tersambung.",
+    },
+    "call_fig_freeze": {
+        "en": "video frozen {value} of the time ({bound})",
+        "id": "video macet {value} dari waktu panggilan ({bound})",
+    },
+    "call_fig_fps": {"en": "{value} frames per second ({bound})", "id": "{value} gambar setiap detik ({bound})"},
+    "call_fig_height": {
+        "en": "a picture {value} lines high of the profile's {profile_height} ({bound})",
+        "id": "gambar setinggi {value} baris dari {profile_height} baris profil ({bound})",
+    },
+    "call_fig_concealment": {
+        "en": "{value} of the audio lost and concealed ({bound})",
+        "id": "{value} suara hilang dan ditutupi ({bound})",
+    },
+    "call_bound_le": {
+        "en": "holds up to {limit}, fails above {fail}",
+        "id": "lancar sampai {limit}, gagal di atas {fail}",
+    },
+    "call_bound_ge": {
+        "en": "holds from {limit}, fails below {fail}",
+        "id": "lancar mulai {limit}, gagal di bawah {fail}",
+    },
+    "call_limited": {"en": "Its sender was limited by {reason}.", "id": "Pengirimnya dibatasi oleh {reason}."},
+    "limitation_bandwidth": {"en": "bandwidth", "id": "lebar pita"},
+    "limitation_cpu": {"en": "its processor", "id": "prosesornya"},
+    "limitation_other": {"en": "something else", "id": "hal lain"},
     # ------------------------------------------------------------------ notes
     "note_no_stamp": {
         "en": "This village has no STAMP reflector in the inventory: jitter comes from the pings' round trips.",
@@ -471,8 +536,18 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "id": "Penelusuran jalur dilewati agar selesai dalam {limit}.",
     },
     "note_history_failed": {
-        "en": "History not shown: Prometheus at {url} could not be reached.",
-        "id": "Riwayat tidak ditampilkan: Prometheus di {url} tidak dapat dihubungi.",
+        "en": "History not shown: Prometheus at {url} could not be reached, so the last rehearsal call is not "
+              "shown either.",
+        "id": "Riwayat tidak ditampilkan: Prometheus di {url} tidak dapat dihubungi, jadi panggilan gladi terakhir "
+              "juga tidak ditampilkan.",
+    },
+    "note_call_failed": {
+        "en": "Last rehearsal call not shown: Prometheus at {url} could not be reached.",
+        "id": "Panggilan gladi terakhir tidak ditampilkan: Prometheus di {url} tidak dapat dihubungi.",
+    },
+    "note_call_bad": {
+        "en": "Last rehearsal call not shown: the answer from Prometheus at {url} could not be read.",
+        "id": "Panggilan gladi terakhir tidak ditampilkan: jawaban Prometheus di {url} tidak dapat dibaca.",
     },
     "note_history_bad": {
         "en": "History not shown: the answer from Prometheus at {url} could not be read.",
@@ -592,6 +667,11 @@ def fmt_rate(bits_per_second: float, lang: Lang, *, compact: bool = False) -> st
     if mbit < 1:
         return f"{_num(bits_per_second / 1e3, 0, lang)} kbit/s"
     return f"{_num(mbit, 1 if mbit < 100 else 0, lang)} Mbit/s"
+
+
+def fmt_number(value: float, lang: Lang) -> str:
+    """A plain count or figure to one decimal at most: 24, 23,2 (frames per second, picture lines)."""
+    return _compact(round(value, 1), lang)
 
 
 def fmt_dbm(dbm: float, lang: Lang) -> str:

@@ -44,6 +44,7 @@ TRACE_MIN_SECONDS: Final = 1.0
 HISTORY_DAYS: Final = 7
 HISTORY_TIMEOUT: Final = 3.0
 HISTORY_READY_SHARE: Final = 0.95  # a day counts as ready at this hour when video_ready held 95 % of it
+CALL_TIMEOUT: Final = 2.0  # one instant query for the village's last rehearsal call
 # GPON class B+ ONUs are specified down to -27 dBm received (ITU-T G.984.2); below -25 dBm less than 2 dB of
 # margin is left, which a dirty connector (0.5-1 dB each) or a tight bend eats. A chosen figure, not a source's.
 OPTICAL_RX_WEAK_DBM: Final = -25.0
@@ -116,6 +117,50 @@ class HistoryDay:
     loss_ratio: float | None  # mean ICMP round-trip loss over that hour
 
 
+@dataclass(frozen=True)
+class CallDirection:
+    """One direction of the village's last rehearsal call as the exporter published it (desanet_call_*: the
+    judged record of verdict/call_outcome.py). None where the call had no such figure (it did not connect, or
+    no video arrived)."""
+
+    direction: str  # up: the village's camera at the NOC; down: the NOC's in the village
+    outcome: str  # holds, degraded or fails
+    frames_per_second: float | None = None
+    video_height_pixels: float | None = None
+    freeze_ratio: float | None = None
+    audio_concealment_ratio: float | None = None
+    video_loss_ratio: float | None = None
+    jitter_buffer_delay_seconds: float | None = None
+    video_received_bits_per_second: float | None = None
+    limitation: str | None = None  # bandwidth, cpu, other or none
+
+
+@dataclass(frozen=True)
+class LastCall:
+    """The village's last rehearsal call, from Prometheus (`--prometheus`); the exporter keeps it for 24 h."""
+
+    ended: datetime
+    profile: str | None
+    setup_seconds: float | None  # absent when the call did not connect
+    directions: dict[str, CallDirection]
+
+    @property
+    def connected(self) -> bool:
+        return self.setup_seconds is not None
+
+
+@dataclass(frozen=True)
+class CallFigure:
+    """The figure that decided a direction's outcome (for one that held: the one closest to its limit)."""
+
+    figure: Literal["freeze", "fps", "height", "concealment"]
+    value: float
+    state: Literal["holds", "degraded", "fails"]
+    limit: float  # where holding ends
+    fail_limit: float  # where failing begins
+    higher_is_worse: bool
+
+
 class HistoryError(Exception):
     def __init__(self, kind: Literal["unreachable", "bad_answer"], detail: str):
         super().__init__(detail)
@@ -152,6 +197,8 @@ class Report:
     throughput: ThroughputOutcome | None = None
     trace: TraceResult | None = None
     history: list[HistoryDay] | None = None
+    call: LastCall | None = None  # with --prometheus: the village's last rehearsal call, if it had one
+    call_fetched: bool = False  # Prometheus answered the question (so no call means none in the last 24 h)
     measurements: rd.Measurements = field(default_factory=rd.Measurements)
     sources: dict[str, str] = field(default_factory=dict)
     readiness: rd.Readiness | None = None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from desanet.check.decide import report_exit_code
+from desanet.check.decide import call_outcome, deciding_figure, report_exit_code
 from desanet.check.messages import (
     Lang,
     render,
 )
 from desanet.check.report import Problem, Report
 from desanet.check.words import explain
+from desanet.district import Profile
 
 if TYPE_CHECKING:
     pass
@@ -115,9 +116,55 @@ def to_json(report: Report, lang: Lang) -> dict[str, Any]:
             {"days_ago": d.days_ago, "at": d.day.isoformat(), "ready_share": d.ready_share, "loss_ratio": d.loss_ratio}
             for d in report.history
         ],
+        "call": call_json(report),
         "timings": report.timings,
         "elapsed_seconds": report.elapsed_seconds,
         "lang": lang,
+    }
+
+
+def call_json(report: Report) -> dict[str, Any] | None:
+    """The village's last rehearsal call as Prometheus had it, or None (no call in the last 24 h, or no
+    `--prometheus`). Per direction: the outcome, the figure that decided it, and every figure, SI units."""
+    c = report.call
+    if c is None:
+        return None
+    try:
+        profile: Profile | None = report.inventory.profile(c.profile or "")
+    except KeyError:
+        profile = None
+    directions: dict[str, Any] = {}
+    for name, d in c.directions.items():
+        f = deciding_figure(d, profile)
+        directions[name] = {
+            "outcome": d.outcome,
+            "deciding": None
+            if f is None
+            else {
+                "figure": f.figure,
+                "value": f.value,
+                "state": f.state,
+                "limit": f.limit,
+                "fail_limit": f.fail_limit,
+                "higher_is_worse": f.higher_is_worse,
+            },
+            "limitation": d.limitation,
+            "frames_per_second": d.frames_per_second,
+            "video_height_pixels": d.video_height_pixels,
+            "freeze_ratio": d.freeze_ratio,
+            "audio_concealment_ratio": d.audio_concealment_ratio,
+            "video_loss_ratio": d.video_loss_ratio,
+            "jitter_buffer_delay_seconds": d.jitter_buffer_delay_seconds,
+            "video_received_bits_per_second": d.video_received_bits_per_second,
+        }
+    return {
+        "ended": c.ended.isoformat(),
+        "ago_seconds": round(max(0.0, (report.started - c.ended).total_seconds()), 1),
+        "profile": c.profile,
+        "connected": c.connected,
+        "setup_seconds": c.setup_seconds,
+        "outcome": call_outcome(c.directions),
+        "directions": directions,
     }
 
 

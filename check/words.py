@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from desanet.check.decide import locate_step
+from desanet.check.decide import deciding_figure, locate_step
 from desanet.check.messages import (
     Lang,
     fmt_day,
@@ -13,6 +13,7 @@ from desanet.check.messages import (
     fmt_duration,
     fmt_mos,
     fmt_ms,
+    fmt_number,
     fmt_pct,
     fmt_rate,
     fmt_when,
@@ -20,7 +21,16 @@ from desanet.check.messages import (
     render,
     t,
 )
-from desanet.check.report import HISTORY_READY_SHARE, OPTICAL_RX_WEAK_DBM, Problem, ProfileChoice, Report
+from desanet.check.report import (
+    HISTORY_READY_SHARE,
+    OPTICAL_RX_WEAK_DBM,
+    CallDirection,
+    CallFigure,
+    Problem,
+    ProfileChoice,
+    Report,
+)
+from desanet.district import Profile
 from desanet.verdict import readiness as rd
 
 if TYPE_CHECKING:
@@ -44,6 +54,7 @@ class Explanation:
     router: list[str]
     history: list[str]
     notes: list[str]
+    call: list[str] = field(default_factory=list)  # the last rehearsal call, with --prometheus
 
 
 def _value(check: rd.Check, x: float, lang: Lang, *, compact: bool = False) -> str:
@@ -251,6 +262,67 @@ def history_lines(report: Report, lang: Lang) -> list[str]:
     return out
 
 
+def call_figure_text(f: CallFigure, profile: Profile | None, lang: Lang) -> str:
+    """ "video frozen 3.4 % of the time (holds up to 2 %, fails above 10 %)" and the like."""
+    if f.figure in ("freeze", "concealment"):
+        value, limit, fail = (
+            fmt_pct(f.value, lang),
+            fmt_pct(f.limit, lang, compact=True),
+            fmt_pct(f.fail_limit, lang, compact=True),
+        )
+    else:
+        value, limit, fail = (fmt_number(x, lang) for x in (f.value, f.limit, f.fail_limit))
+    bound = t("call_bound_le" if f.higher_is_worse else "call_bound_ge", lang, limit=limit, fail=fail)
+    extra = {"profile_height": profile.video_height} if f.figure == "height" and profile is not None else {}
+    return t(f"call_fig_{f.figure}", lang, value=value, bound=bound, **extra)
+
+
+def call_direction_line(d: CallDirection, connected: bool, profile: Profile | None, lang: Lang) -> str:
+    """One direction: its outcome and the figure that decided it, and what held its sender back."""
+    direction = t(f"call_dir_{d.direction}", lang)
+    outcome = t(f"call_outcome_{d.outcome}", lang)
+    f = deciding_figure(d, profile)
+    if not connected and d.outcome == "fails":
+        line = t("call_line_not_connected", lang, direction=direction, outcome=outcome)
+    elif f is not None:
+        key = "call_line_holds" if d.outcome == "holds" else "call_line"
+        line = t(key, lang, direction=direction, outcome=outcome, figure=call_figure_text(f, profile, lang))
+    elif d.outcome == "fails" and d.frames_per_second is None and d.video_height_pixels is None:
+        line = t("call_line_no_video", lang, direction=direction, outcome=outcome)
+    else:
+        line = t("call_line_plain", lang, direction=direction, outcome=outcome)
+    if d.limitation in ("bandwidth", "cpu", "other"):
+        line += " " + t("call_limited", lang, reason=t(f"limitation_{d.limitation}", lang))
+    return line
+
+
+def call_lines(report: Report, lang: Lang) -> list[str]:
+    """The village's last rehearsal call (with --prometheus): when, and each direction's outcome and why."""
+    if not report.call_fetched:
+        return []
+    c = report.call
+    if c is None:
+        return [t("call_none", lang)]
+    try:
+        profile: Profile | None = report.inventory.profile(c.profile or "")
+    except KeyError:
+        profile = None  # no longer in the inventory: frame rate and height are not judged again
+    ago = max(0.0, (report.started - c.ended).total_seconds())
+    out = [
+        t(
+            "call_title",
+            lang,
+            profile=c.profile or "?",
+            when=fmt_when(c.ended.astimezone(report.started.tzinfo), lang),
+            ago=fmt_duration(ago, lang),
+        )
+    ]
+    for name in ("up", "down"):
+        if name in c.directions:
+            out.append(call_direction_line(c.directions[name], c.connected, profile, lang))
+    return out
+
+
 def note_lines(report: Report, lang: Lang) -> list[str]:
     out = []
     english_details = False
@@ -343,4 +415,5 @@ def explain(report: Report, lang: Lang) -> Explanation:
         router=router_lines(report, lang),
         history=history_lines(report, lang),
         notes=note_lines(report, lang),
+        call=call_lines(report, lang),
     )

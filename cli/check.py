@@ -152,6 +152,8 @@ def print_report(report: Report, lang: Lang, console: Console) -> None:
             console.print(escape(extra))
     for line in ex.history:
         console.print(escape(line))
+    for line in ex.call:
+        console.print(escape(line))
     if ex.notes:
         console.print(f"[bold]{t('notes_label', lang)}:[/]")
         for line in ex.notes:
@@ -221,7 +223,11 @@ def register(app: typer.Typer) -> None:
         lang: Annotated[LangChoice | None, typer.Option("--lang", help="id or en (default: from the locale).")] = None,
         prometheus: Annotated[
             str | None,
-            typer.Option("--prometheus", help="Prometheus URL: add how the village did at this hour on earlier days."),
+            typer.Option(
+                "--prometheus",
+                help="Prometheus URL: add how the village did at this hour on earlier days, and its last "
+                "rehearsal call.",
+            ),
         ] = None,
         inventory: Annotated[Path | None, typer.Option("--inventory", "-i", help="Inventory file.")] = None,
         no_throughput: Annotated[bool, typer.Option("--no-throughput", help="Skip the download/upload test.")] = False,
