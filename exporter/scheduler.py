@@ -6,7 +6,8 @@ that result, is counted in desanet_probe_success and logged with its reason, and
 
 - ICMP: one engine, one socket, every village's echo spread evenly over the interval (the engine does it).
 - SNMP: all villages polled every `settings.snmp.every_seconds` through one poller with per-agent limits.
-- STAMP: each village with a reflector every `settings.stamp.every_seconds`, first run spread at random.
+- STAMP: each village with a reflector every `settings.stamp.every_seconds`, first run spread at random, with as
+  many bursts at once as the shard's villages need (`stamp_slots`); a burst still waiting or running is not doubled.
 - Trace: each village every `settings.trace.every_seconds`, and at once when its verdict worsens.
 - Throughput: `tests_per_day` per village within its byte/time budget, never two on one kecamatan uplink,
   never during a session (budget/ledger.py enforces all three).
@@ -20,9 +21,11 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,6 +34,7 @@ from desanet.district import Inventory, SecretError, Village, resolve_secret
 from desanet.exporter.admission import Busy
 from desanet.exporter.exposition import Exposition
 from desanet.exporter.metrics import SHARED_KEY, SPECS, render_shared, render_village
+from desanet.exporter.slots import Slots
 from desanet.exporter.state import STAMP_FRESH_PERIODS, VillageState
 from desanet.verdict import readiness as rd
 from desanet.verdict.ports import busiest_port
@@ -43,6 +47,51 @@ EVAL_BATCH = 20
 THROUGHPUT_CHECK_SECONDS = 10.0
 REFUSED_RETRY_SECONDS = 900.0
 VERDICT_RANK = {"ready": 0, "unknown": 1, "at_risk": 2, "not_ready": 3}
+
+# STAMP bursts at once (issue 16). A fixed 4 gave a shard 0.8 villages a second: 240 per 5-minute interval, so a
+# 4,250-village shard saw each village every 88 minutes and judged ICMP's jitter instead of STAMP's. The slots
+# now follow the shard's own work: n villages x one burst's slot time / the interval is the average number of
+# bursts under way, and the slots are that times the margin, between the two bounds.
+STAMP_SLOT_MARGIN = 1.25  # the +-10 % interval jitter, on-demand /probe bursts sharing the slots, and clumping
+# (bursts due at once vary by about the square root of their mean) are absorbed without a lasting queue
+STAMP_SLOTS_MIN = 4  # what a district always had: a few hundred villages, and /probe?module=stamp rarely waits
+STAMP_SLOTS_MAX = 256  # 256 x 50 packets/s is 12,800 packets/s each way from one Python process, about what
+# one core sends, receives and timestamps (docs/performance.md, Province); 256 slots cover 10,240 villages a
+# shard at the shipped 5 s every 5 min, so one shard holds the province's 8,500, and past that it must split anyway.
+STAMP_FIRST_WINDOW_MIN = 60.0  # seconds over which at least the first bursts after start are spread
+STAMP_FIRST_DELAY = 5.0  # no burst in the first seconds: the ICMP engine and the first evaluation come first
+
+
+def stamp_slot_seconds(duration_seconds: float) -> float:
+    """How long one burst holds its slot at most: the stream, then the wait for its last replies."""
+    from desanet.probes.stamp import StampSettings
+
+    return duration_seconds + StampSettings.timeout_seconds
+
+
+def stamp_slots(villages: int, slot_seconds: float, every_seconds: float) -> int:
+    """Bursts to allow at once so that `villages` each get one every `every_seconds`, with the margin."""
+    need = math.ceil(villages * slot_seconds * STAMP_SLOT_MARGIN / every_seconds)
+    return max(STAMP_SLOTS_MIN, min(STAMP_SLOTS_MAX, need))
+
+
+def stamp_first_window(villages: int, slot_seconds: float, slots: int, every_seconds: float) -> float:
+    """Seconds over which the first bursts are spread: as long as the slots need for every village anyway
+    (at scale about every_seconds / margin, so the steady schedule starts evenly spread instead of queued),
+    at least a minute, at most one interval."""
+    return min(every_seconds, max(STAMP_FIRST_WINDOW_MIN, villages * slot_seconds / slots))
+
+
+@dataclass(frozen=True)
+class StampHealth:
+    """The STAMP schedule at one moment: villages with a reflector, how many have had a burst recently enough
+    to count (STAMP_FRESH_PERIODS intervals), and the longest any has gone without one (since it joined the
+    shard, if it has had none)."""
+
+    villages: int = 0
+    fresh: int = 0
+    oldest_age_seconds: float = 0.0
+    interval_seconds: float = 0.0
 
 
 def in_shard(slug: str, shard: tuple[int, int]) -> bool:
@@ -75,8 +124,10 @@ class Monitor:
         self.started = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[Any]] = set()
-        self._stamp_sem = asyncio.Semaphore(4)
-        self._trace_sem = asyncio.Semaphore(2)
+        self.stamp_pool = Slots(STAMP_SLOTS_MIN)  # bursts at once, sized from the shard by apply_inventory
+        self._stamp_pending: set[str] = set()  # villages whose scheduled burst waits for a slot or runs
+        self.stamp_health = StampHealth()
+        self._trace_sem = Slots(2)
         self._tp_kec_busy: set[str] = set()
         self.ready = asyncio.Event()
 
@@ -122,6 +173,14 @@ class Monitor:
                     self.engine.remove_target(vs.icmp_target)
                 self.exposition.drop(slug)
         now = time.monotonic()
+        s = inv.settings.stamp
+        with_stamp = sum(1 for v in wanted.values() if v.stamp is not None)
+        slot_seconds = stamp_slot_seconds(s.duration_seconds)
+        slots = stamp_slots(with_stamp, slot_seconds, s.every_seconds)
+        if slots != self.stamp_pool.limit:
+            log.info("STAMP bursts at once: %d for %d villages with a reflector", slots, with_stamp)
+        self.stamp_pool.resize(slots)
+        first = stamp_first_window(with_stamp, slot_seconds, slots, s.every_seconds)
         for slug, village in wanted.items():
             old = self.villages.get(slug)
             if old is None or old.village.address != village.address:
@@ -130,7 +189,7 @@ class Monitor:
                 vs = VillageState.create(village)
                 self.villages[slug] = vs
                 vs.next_due = {
-                    "stamp": now + random.uniform(5, min(60.0, inv.settings.stamp.every_seconds)),
+                    "stamp": now + STAMP_FIRST_DELAY + random.uniform(0, first),
                     "trace": now + random.uniform(10, min(120.0, inv.settings.trace.every_seconds)),
                     "throughput": now + random.uniform(30, 30 + self._throughput_period(inv)),
                 }
@@ -314,12 +373,23 @@ class Monitor:
     async def _periodic_loop(self) -> None:
         while True:
             now = time.monotonic()
+            wall = time.time()
             inv = self.inventory
+            stamp_villages = stamp_fresh = 0
+            stamp_oldest = 0.0
             for vs in list(self.villages.values()):
                 due = vs.next_due
-                if "stamp" in self.enable and vs.village.stamp is not None and due.get("stamp", 0) <= now:
-                    due["stamp"] = now + inv.settings.stamp.every_seconds * random.uniform(0.9, 1.1)
-                    self._spawn(functools.partial(self._guarded, vs, "stamp", self._run_stamp), self._stamp_sem)
+                if "stamp" in self.enable and vs.village.stamp is not None:
+                    if due.get("stamp", 0) <= now:
+                        due["stamp"] = now + inv.settings.stamp.every_seconds * random.uniform(0.9, 1.1)
+                        # One burst per village at a time: a run still waiting for a slot is not queued twice
+                        # (a shard that falls behind would otherwise pile up a task per village per interval).
+                        if vs.slug not in self._stamp_pending:
+                            self._stamp_pending.add(vs.slug)
+                            self._spawn(functools.partial(self._scheduled_stamp, vs), self.stamp_pool)
+                    stamp_villages += 1
+                    stamp_fresh += vs.stamp_fresh(wall)
+                    stamp_oldest = max(stamp_oldest, wall - (vs.stamp_at or vs.added_at))
                 if "trace" in self.enable and due.get("trace", 0) <= now:
                     due["trace"] = now + inv.settings.trace.every_seconds * random.uniform(0.9, 1.1)
                     self._spawn(functools.partial(self._guarded, vs, "trace", self._run_trace), self._trace_sem)
@@ -332,9 +402,19 @@ class Monitor:
                     due["throughput"] = now + self._throughput_period(inv)
                     self._tp_kec_busy.add(vs.village.kecamatan)
                     self._spawn(functools.partial(self._throughput_then_release, vs), None)
+            if "stamp" in self.enable:  # whether the schedule keeps up, for the exporter's own metrics
+                self.stamp_health = StampHealth(
+                    stamp_villages, stamp_fresh, stamp_oldest, inv.settings.stamp.every_seconds
+                )
             await asyncio.sleep(1.0)
 
-    def _spawn(self, make: Callable[[], Awaitable[None]], sem: asyncio.Semaphore | None) -> None:
+    async def _scheduled_stamp(self, vs: VillageState) -> None:
+        try:
+            await self._guarded(vs, "stamp", self._run_stamp)
+        finally:
+            self._stamp_pending.discard(vs.slug)
+
+    def _spawn(self, make: Callable[[], Awaitable[None]], sem: Slots | None) -> None:
         """Run a probe as its own task; the coroutine is made only when it may start, so cancelling a queued
         task leaves nothing un-awaited."""
 
@@ -438,7 +518,7 @@ class Monitor:
     async def probe_on_demand(self, slug: str, module: str, wait_seconds: float) -> Any:
         """probe_now within the schedule's concurrency limits: a STAMP or trace waits at most `wait_seconds`
         for one of the slots the scheduled probes share, then raises Busy instead of adding to the load."""
-        sem = {"stamp": self._stamp_sem, "trace": self._trace_sem}.get(module)
+        sem = {"stamp": self.stamp_pool, "trace": self._trace_sem}.get(module)
         if sem is None:
             return await self.probe_now(slug, module)
         try:

@@ -96,6 +96,8 @@ class SelfCollector(Collector):
         info = GaugeMetricFamily("desanet_build_info", "desanet's version; always 1.", labels=["version"])
         info.add_metric([self.version], 1)
         yield info
+        if "stamp" in self.monitor.enable:
+            yield from self._stamp_schedule()
         engine = self.monitor.engine
         if engine is not None:
             st = engine.stats
@@ -125,6 +127,40 @@ class SelfCollector(Collector):
                 "How far ahead the ICMP engine sends a batch of due echoes (adapts to the probing rate).",
             )
             g.add_metric([], engine.batch_window)
+            yield g
+
+    def _stamp_schedule(self) -> Any:
+        """Whether STAMP keeps up with the shard, shard-wide (no village label): a shard that falls behind has
+        fewer fresh villages than villages, an oldest result past STAMP_FRESH_PERIODS intervals, and bursts
+        waiting while every slot is in flight; those villages' verdicts then judge ICMP's jitter."""
+        pool, health = self.monitor.stamp_pool, self.monitor.stamp_health
+        for name, text, value in (
+            (
+                "desanet_stamp_burst_slots",
+                "STAMP bursts this shard may run at once (sized from its villages).",
+                pool.limit,
+            ),
+            ("desanet_stamp_bursts_in_flight", "STAMP bursts running now, scheduled and on-demand.", pool.in_use),
+            ("desanet_stamp_bursts_waiting", "STAMP bursts due but waiting for a slot.", pool.waiting),
+            ("desanet_stamp_villages", "Villages in this shard with a STAMP reflector.", health.villages),
+            (
+                "desanet_stamp_fresh_villages",
+                "Villages whose last STAMP burst is recent enough to count for the verdict (2.5 intervals).",
+                health.fresh,
+            ),
+            (
+                "desanet_stamp_oldest_result_age_seconds",
+                "Longest any village with a reflector has gone without a STAMP burst (since it joined, if none yet).",
+                health.oldest_age_seconds,
+            ),
+            (
+                "desanet_stamp_interval_seconds",
+                "Seconds between STAMP bursts to one village (the inventory's).",
+                health.interval_seconds,
+            ),
+        ):
+            g = GaugeMetricFamily(name, text)
+            g.add_metric([], value)
             yield g
 
 

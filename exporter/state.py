@@ -104,6 +104,7 @@ class VillageState:
     profiles: list[Profile] = field(default_factory=list)
     next_due: dict[str, float] = field(default_factory=dict)  # probe -> monotonic due time
     stamp_max_age: float = 750.0  # seconds a STAMP result counts; the Monitor sets it from the inventory
+    added_at: float = field(default_factory=time.time)  # when it joined the shard (how long it has waited for STAMP)
 
     @classmethod
     def create(cls, village: Village) -> VillageState:
