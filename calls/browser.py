@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def _is_script(path: str) -> bool:
         return f.read(2) == b"#!"
 
 
-def argv(binary: str, url: str, profile_dir: Path, video_file: Path | None, origin: str) -> list[str]:
-    """Chromium's flags for an unattended call. Each one is there for a reason met while measuring."""
+def argv(
+    binary: str, url: str, profile_dir: Path, video_file: Path | None, origin: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """Chromium's flags for an unattended call. Each one is there for a reason met while measuring; `extra`
+    are the caller's (the rehearsal's far end pins serve's TLS key with one, exporter/rehearse.py)."""
     args = [
         binary,
         "--headless",
@@ -68,6 +72,7 @@ def argv(binary: str, url: str, profile_dir: Path, video_file: Path | None, orig
     ]
     if video_file is not None:
         args.append(f"--use-file-for-fake-video-capture={video_file}")
+    args.extend(extra)
     args.append(url)
     return args
 
@@ -82,14 +87,20 @@ class Browser:
 
     @classmethod
     def start(
-        cls, binary: str, url: str, origin: str, video_file: Path | None, prefix: list[str] | None = None
+        cls,
+        binary: str,
+        url: str,
+        origin: str,
+        video_file: Path | None,
+        prefix: list[str] | None = None,
+        extra: Sequence[str] = (),
     ) -> Browser:
         """Start Chromium on `url`, behind `prefix` (e.g. `ip netns exec NS`, which execs in place)."""
         profile_dir = Path(tempfile.mkdtemp(prefix="desanet-call-chromium-"))
         log = profile_dir / "chromium.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [*(prefix or []), *argv(binary, url, profile_dir / "profile", video_file, origin)],
+                [*(prefix or []), *argv(binary, url, profile_dir / "profile", video_file, origin, extra)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

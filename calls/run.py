@@ -18,16 +18,17 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from desanet.calls import y4m
 from desanet.calls.browser import Browser, find_chromium
-from desanet.calls.server import ROLES, CallServer
+from desanet.calls.server import ROLES, CallDesk, CallServer
 
 LOCK_PATH = Path("/run/lock/desanet-call.lock")
 
@@ -42,6 +43,7 @@ class CallSpec:
     kbit: int = 1000
     seconds: float = 30.0
     connect_timeout: float = 10.0  # setup takes ~3 s here; a blackholed village must be told within 15 s
+    start_timeout: float = 120.0  # a person's page (the rehearsal): time to choose a source and allow the camera
 
 
 @dataclass
@@ -50,6 +52,7 @@ class CallRun:
 
     connected: bool = False
     error: str | None = None
+    failure: str | None = None  # why not connected or ended early: path, signalling, media, page, browser
     setup_s: float | None = None
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -100,41 +103,81 @@ def run_call(bind: str, village_prefix: list[str], spec: CallSpec, binary: str |
     chromium = binary or find_chromium()
     if chromium is None:
         raise CallError("no Chromium found (install Debian's chromium, or set DESANET_CHROMIUM)")
-    with one_call_at_a_time(wait=spec.seconds + 60), tempfile.TemporaryDirectory(prefix="desanet-call-") as tmp:
-        video = y4m.write(Path(tmp) / "pattern.y4m", spec.width, spec.height, spec.fps)
+    with one_call_at_a_time(wait=spec.seconds + 60):
         server = CallServer(bind).start()
-        call_id = uuid.uuid4().hex[:12]
-        server.add_call(call_id, spec.width, spec.height, spec.fps, spec.kbit)
+        try:
+            call_id = uuid.uuid4().hex[:12]
+            server.add_call(call_id, spec.width, spec.height, spec.fps, spec.kbit)
+            return make_call(server.desk, server.origin, call_id, spec, chromium, village_prefix=village_prefix)
+        finally:
+            with _signals_held():
+                server.close()
+
+
+class CallAbandoned(CallError):
+    """The village's page, opened by a person, never started the call (nothing chosen, camera refused)."""
+
+
+def make_call(
+    desk: CallDesk,
+    origin: str,
+    call_id: str,
+    spec: CallSpec,
+    chromium: str,
+    *,
+    village_prefix: list[str] | None = None,
+    farend_query: str = "",
+    farend_args: Sequence[str] = (),
+    cancel: threading.Event | None = None,
+) -> CallRun:
+    """One call on `desk` (served at `origin`, with `call_id` added) between the far end started here and the
+    village's page; what the lab call and the exporter's rehearsal share. The caller holds the host's lock.
+
+    With `village_prefix` the village's browser is started here too (the lab: `ip netns exec NS`), and the
+    connect deadline counts from before either browser starts. Without it the village's page is a person's
+    browser that already has the page (the rehearsal): the deadline counts from the moment that page says its
+    camera or test pattern is ready, which may take the person up to `spec.start_timeout`; CallAbandoned if
+    it never does. `farend_query` and `farend_args` are for the far end's page URL and Chromium (its key and
+    TLS pin in the exporter); `cancel` ends the call early (serve shutting down)."""
+    with tempfile.TemporaryDirectory(prefix="desanet-call-") as tmp:
+        video = y4m.write(Path(tmp) / "pattern.y4m", spec.width, spec.height, spec.fps)
         run = CallRun(host_load=[round(os.getloadavg()[0], 2)], host_cpus=os.cpu_count() or 1)
         browsers: dict[str, Browser] = {}
+        page = f"{origin}/call/{call_id}/page"
         try:
             t0 = time.monotonic()
             # Held while each starts: a Ctrl-C between Popen and the assignment would leave a browser unknown
             # to the cleanup below (seen: the village's Chromium left running after a Ctrl-C).
             with _signals_held():
-                browsers["farend"] = Browser.start(chromium, server.url(call_id, "farend"), server.origin, video)
-            with _signals_held():
-                browsers["village"] = Browser.start(
-                    chromium, server.url(call_id, "village"), server.origin, video, prefix=village_prefix
+                browsers["farend"] = Browser.start(
+                    chromium, f"{page}/farend{farend_query}", origin, video, extra=farend_args
                 )
-            run.error = _wait_connected(server, call_id, browsers, t0, spec.connect_timeout)
-            if run.error is None:
+            if village_prefix is not None:
+                with _signals_held():
+                    browsers["village"] = Browser.start(
+                        chromium, f"{page}/village", origin, video, prefix=village_prefix
+                    )
+            else:
+                t0 = _wait_started(desk, call_id, browsers, spec.start_timeout, cancel)
+            failure = _wait_connected(desk, origin, call_id, browsers, t0, spec.connect_timeout, cancel)
+            if failure is None:
                 run.connected = True
                 run.setup_s = round(time.monotonic() - t0, 3)
-                run.error = _wait_call(server, call_id, browsers, spec.seconds)
+                failure = _wait_call(browsers, spec.seconds, cancel)
+            if failure is not None:
+                run.failure, run.error = failure
             for role, b in browsers.items():
                 run.cpu_s[role], run.rss_bytes[role] = b.usage()
             run.host_load.append(round(os.getloadavg()[0], 2))
-            server.stop_call(call_id)
+            desk.stop_call(call_id)
             time.sleep(1.5)  # the pages' next stats post learns to hang up
-            snap = server.snapshot(call_id)
+            snap = desk.snapshot(call_id)
             run.samples, run.events = snap.samples, snap.events
             run.seconds = round(time.monotonic() - t0, 3)
         finally:
             with _signals_held():
                 for b in browsers.values():
                     b.stop()
-                server.close()
         return run
 
 
@@ -164,52 +207,93 @@ def _signals_held() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _exited(browsers: dict[str, Browser]) -> str | None:
+def _exited(browsers: dict[str, Browser]) -> tuple[str, str] | None:
     for role, b in browsers.items():
         code = b.proc.poll()
         if code is not None:
-            return f"the {role}'s Chromium exited with code {code}: {b.log_tail(3)}"
+            return "browser", f"the {role}'s Chromium exited with code {code}: {b.log_tail(3)}"
     return None
 
 
+def _wait_started(
+    desk: CallDesk, call_id: str, browsers: dict[str, Browser], timeout: float, cancel: threading.Event | None
+) -> float:
+    """When the village's page (a person's browser) had its camera or test pattern ready: its "media" event.
+
+    CallAbandoned when it does not within `timeout` (nothing chosen, the tab closed), reports an error first
+    (the camera refused), or the far end's browser dies meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = desk.snapshot(call_id)
+        for e in snap.events["village"]:
+            if "media" in e:
+                return float(e["received"])
+        errors = _errors(snap.events["village"])
+        if errors:
+            raise CallAbandoned(f"the village's page did not start the call: {errors[0]}")
+        gone = _exited(browsers)
+        if gone:
+            raise CallError(gone[1])
+        if cancel is not None and cancel.wait(0.2):
+            raise CallAbandoned("interrupted before the call started")
+        if cancel is None:
+            time.sleep(0.2)
+    raise CallAbandoned(f"the village's page did not start the call within {timeout:.0f} s")
+
+
 def _wait_connected(
-    server: CallServer, call_id: str, browsers: dict[str, Browser], t0: float, timeout: float
-) -> str | None:
-    """None once both ends say 'connected', else why not (in words a technician can act on)."""
+    desk: CallDesk,
+    origin: str,
+    call_id: str,
+    browsers: dict[str, Browser],
+    t0: float,
+    timeout: float,
+    cancel: threading.Event | None = None,
+) -> tuple[str, str] | None:
+    """None once both ends say 'connected', else why not: a one-word kind (for calls/words.py) and the reason
+    in words a technician can act on."""
     while True:
-        snap = server.snapshot(call_id)
+        snap = desk.snapshot(call_id)
         states = {r: _state_of(snap.events[r]) for r in ROLES}
         if all(s == "connected" for s in states.values()):
             return None
         errors = [f"{r}: {e}" for r in ROLES for e in _errors(snap.events[r])]
         if errors:
-            return "the call page failed: " + "; ".join(errors)
+            return "page", "the call page failed: " + "; ".join(errors)
         if "failed" in states.values():
-            return "the call's media path failed (ICE) although signalling worked: UDP does not get through"
+            return "media", "the call's media path failed (ICE) although signalling worked: UDP does not get through"
         gone = _exited(browsers)
         if gone:
             return gone
+        if cancel is not None and cancel.is_set():
+            return "interrupted", "interrupted"
         waited = time.monotonic() - t0
         if waited > timeout:
-            origin = server.origin
             if "village" not in snap.opened:
-                return (
+                return "path", (
                     f"the village's browser did not reach the far end at {origin} within {timeout:.0f} s: "
                     "the path to the NOC is down or blocked"
                 )
             if "farend" not in snap.signal:
-                return f"signalling with the far end did not finish within {timeout:.0f} s (the path drops requests)"
-            return f"the call did not connect within {timeout:.0f} s (signalled, but no media path: UDP blocked?)"
+                return "signalling", (
+                    f"signalling with the far end did not finish within {timeout:.0f} s (the path drops requests)"
+                )
+            return "media", (
+                f"the call did not connect within {timeout:.0f} s (signalled, but no media path: UDP blocked?)"
+            )
         time.sleep(0.2)
 
 
-def _wait_call(server: CallServer, call_id: str, browsers: dict[str, Browser], seconds: float) -> str | None:
+def _wait_call(browsers: dict[str, Browser], seconds: float, cancel: threading.Event | None) -> tuple[str, str] | None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         gone = _exited(browsers)
         if gone:
             return gone
-        time.sleep(0.5)
+        if cancel is not None and cancel.wait(0.5):
+            return "interrupted", "interrupted"
+        if cancel is None:
+            time.sleep(0.5)
     return None
 
 

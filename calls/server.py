@@ -23,9 +23,10 @@ from desanet.calls.page import PageConfig, render
 ROLES = ("village", "farend")
 MAX_BODY = 256 * 1024  # an SDP is ~5 kB and a stats sample ~2 kB; anything larger is not ours
 _PATH = re.compile(
-    r"^/call/(?P<id>[A-Za-z0-9_-]{1,64})(?:/(?P<what>page|signal|stats|event)/(?P<role>village|farend))?$"
+    r"^/call/(?P<id>[A-Za-z0-9_-]{1,64})(?:/(?P<what>page|signal|stats|event|outcome)/(?P<role>village|farend))?$"
 )
 JSON = "application/json"
+_PEER_KEYS = ("t", "in_video", "in_audio")
 Answer = tuple[int, str, bytes]  # status, content type, body
 
 
@@ -39,6 +40,8 @@ class CallState:
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {r: [] for r in ROLES})
     events: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {r: [] for r in ROLES})
     stop: bool = False
+    pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> PageConfig fields beyond the picture
+    outcome: dict[str, Any] | None = None  # the judged call in words, for the page (the rehearsal sets it)
 
 
 def _error(code: int, words: str) -> Answer:
@@ -52,9 +55,34 @@ class CallDesk:
         self._lock = threading.Lock()
         self._calls: dict[str, CallState] = {}
 
-    def add_call(self, call_id: str, width: int, height: int, fps: int, kbit: int) -> None:
+    def add_call(
+        self, call_id: str, width: int, height: int, fps: int, kbit: int, pages: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """A call the pages may now open; `pages` gives a role's page more of PageConfig (language, source...)."""
         with self._lock:
-            self._calls[call_id] = CallState(config={"width": width, "height": height, "fps": fps, "kbit": kbit})
+            self._calls[call_id] = CallState(
+                config={"width": width, "height": height, "fps": fps, "kbit": kbit}, pages=dict(pages or {})
+            )
+
+    def page(self, call_id: str, role: str) -> Answer:
+        """The page for `role`, noting when it was first opened (the exporter serves the village's itself)."""
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                return _error(404, "no such call")
+            call.opened.setdefault(role, time.monotonic())
+            cfg = PageConfig(call_id=call_id, role=role, **call.config, **call.pages.get(role, {}))
+        return 200, "text/html; charset=utf-8", render(cfg)
+
+    def set_outcome(self, call_id: str, outcome: dict[str, Any]) -> None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is not None:
+                call.outcome = outcome
+
+    def calls(self) -> list[str]:
+        with self._lock:
+            return list(self._calls)
 
     def remove_call(self, call_id: str) -> None:
         with self._lock:
@@ -75,12 +103,15 @@ class CallDesk:
                 samples={r: list(v) for r, v in c.samples.items()},
                 events={r: list(v) for r, v in c.events.items()},
                 stop=c.stop,
+                pages={r: dict(v) for r, v in c.pages.items()},
+                outcome=c.outcome,
             )
 
     def handle(self, method: str, path: str, body: bytes | None = None) -> Answer:
         """One request: GET a page or the other side's description, POST a description, a sample or an event.
         Bad input is answered with one line of JSON and changes nothing."""
-        m = _PATH.match(path.split("?", 1)[0])
+        path, _, query = path.partition("?")
+        m = _PATH.match(path)
         if m is None or not m["role"]:
             return _error(404, "no such path")
         call_id, what, role = m["id"], m["what"], m["role"]
@@ -90,16 +121,13 @@ class CallDesk:
             return _error(404, "no such call")
         if method in ("GET", "HEAD"):
             if what == "page":
+                return self.page(call_id, role)
+            if what in ("signal", "outcome"):
                 with self._lock:
-                    call.opened.setdefault(role, time.monotonic())
-                    cfg = PageConfig(call_id=call_id, role=role, **call.config)
-                return 200, "text/html; charset=utf-8", render(cfg)
-            if what == "signal":
-                with self._lock:
-                    sig = call.signal.get(role)
-                return (200, JSON, json.dumps(sig).encode()) if sig else (204, JSON, b"")
+                    doc = call.signal.get(role) if what == "signal" else call.outcome
+                return (200, JSON, json.dumps(doc).encode()) if doc else (204, JSON, b"")
             return _error(405, "only POST is allowed here")
-        if method != "POST" or what == "page":
+        if method != "POST" or what in ("page", "outcome"):
             return _error(405, "method not allowed")
         if body is None or len(body) > MAX_BODY:
             return _error(400, "bad request")
@@ -117,8 +145,12 @@ class CallDesk:
                 call.samples[role].append({**doc, "received": now})
             else:
                 call.events[role].append({**doc, "received": now})
-            stop = call.stop
-        return 200, JSON, json.dumps({"stop": stop}).encode()
+            answer: dict[str, Any] = {"stop": call.stop}
+            if what == "stats" and "peer=1" in query.split("&"):
+                # The rehearsal page shows both directions live: what the other end receives is the other half.
+                other = call.samples[ROLES[1 - ROLES.index(role)]]
+                answer["peer"] = {k: other[-1][k] for k in _PEER_KEYS if k in other[-1]} if other else None
+        return 200, JSON, json.dumps(answer).encode()
 
 
 class CallServer:
