@@ -9,6 +9,11 @@ multi-value variable at "All" (its allValue `.*`). A query that errors fails the
 data fails it too, unless it is on ALLOWED_EMPTY with the reason its data may legitimately be absent in a
 short run, or reads only families desanet exports with --metrics.detail (the exporter runs lean, the
 default). Every query variable must offer the value picked, and every count must count each village once.
+
+A rehearsal call happens only when a technician opens the exporter's rehearsal page, so the village dashboard's
+"Last rehearsal call" row is fed the way the exporter would show one: exposition text of the picked village's
+last call in the agreed call families (tests/callmetrics.py), served in the NOC namespace and scraped by both
+jobs next to the exporter.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from tests.test_dashboards import (
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 EXPORTER = "127.0.0.1:19927"
 PROM = "127.0.0.1:19097"
+CALLS = "127.0.0.1:19098"  # the picked village's last rehearsal call, as exposition text
 RANGE_SECONDS = 180
 NOT_COLUMNS = {"__name__", "job", "instance"}
 
@@ -178,10 +184,19 @@ def prom(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
     env = {**lab.env, "DESANET_STATE_DIR": str(tmp / "state")}
     lab.impair("bajulmati", "--restore", "--down")  # one village not ready, so the verdict panels see both
     rules = ROOT / "alerts" / "desanet.rules.yml"
-    jobs = "".join(f"  - job_name: {job}\n    static_configs: [{{targets: ['{EXPORTER}']}}]\n" for job in JOBS)
+    (tmp / "calls").mkdir()
+    (tmp / "calls" / "calls.txt").write_text(_last_call(PICK["kecamatan"]))
+    targets = f"{{targets: ['{EXPORTER}']}}, {{targets: ['{CALLS}'], labels: {{__metrics_path__: /calls.txt}}}}"
+    jobs = "".join(f"  - job_name: {job}\n    static_configs: [{targets}]\n" for job in JOBS)
     (tmp / "prometheus.yml").write_text(
         f"global: {{scrape_interval: 2s, evaluation_interval: 2s}}\nrule_files: ['{rules}']\nscrape_configs:\n{jobs}"
     )
+    with (tmp / "calls.log").open("w") as calls_log:
+        calls = subprocess.Popen(
+            ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+             "--directory", str(tmp / "calls"), CALLS.rsplit(":", 1)[1]],
+            text=True, stdout=calls_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     with (tmp / "serve.log").open("w") as serve_log, (tmp / "prom.log").open("w") as prom_log:
         serve = subprocess.Popen(
             ["ip", "netns", "exec", lab.noc_ns, sys.executable, "-m", "desanet.cli", "serve",
@@ -206,6 +221,7 @@ def prom(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
             f"desanet_router_uptime_seconds{{{village}}}",
             f"village:desanet_video_verdict:rank{{{village}}}",
             f"village:desanet_profile_threshold:strictest{{{village}}}",
+            f"desanet_call_outcome{{{village}}}",
         ]
         missing = needed
         while time.monotonic() < deadline:
@@ -223,8 +239,29 @@ def prom(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
     finally:
         _stop(serve)
         _stop(server)
+        _stop(calls)
         lab.restore("bajulmati")
         print((tmp / "serve.log").read_text()[-2000:])
+
+
+def _last_call(kecamatan: str) -> str:
+    """The picked village's last rehearsal call an hour ago: up held, down degraded by freezes (bandwidth)."""
+    from tests.callmetrics import Call, Direction, exposition
+
+    figures = {
+        "frames_per_second": 29.0,
+        "video_height_pixels": 540,
+        "freeze_ratio": 0.0,
+        "audio_concealment_ratio": 0.01,
+        "video_loss_ratio": 0.002,
+        "jitter_buffer_delay_seconds": 0.05,
+        "video_received_bytes_per_second": 250000,
+    }
+    down = Direction(1, "bandwidth", {**figures, "freeze_ratio": 0.04})
+    call = Call(
+        PICK["village"], kecamatan, time.time() - 3600, PICK["profile"], 2.9, Direction(0, "none", figures), down
+    )
+    return exposition([call])
 
 
 def _values(board: dict[str, Any], mode: str) -> dict[str, str]:
