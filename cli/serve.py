@@ -151,6 +151,9 @@ async def _serve(
     finally:
         httpd.shutdown()
         httpd.server_close()
+        # A rehearsal call under way: its far end (a Chromium in its own process group) is stopped by PID and
+        # its cost charged before serve exits, not left running without a parent.
+        await loop.run_in_executor(None, app.rehearsals.close)
         with contextlib.suppress(Exception):
             await monitor.stop()
         log.info("stopped")

@@ -36,8 +36,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from desanet.budget import Refused
+from desanet.calls.server import MAX_BODY as MAX_CALL_BODY
 from desanet.exporter.admission import Admission, Busy, Refusal
 from desanet.exporter.probe_metrics import probe_succeeded, render_probe
+from desanet.exporter.rehearse import Rehearsals
 from desanet.exporter.scheduler import Monitor
 from desanet.exporter.statuspage import render_index, render_village_page
 from desanet.exporter.webconfig import Authenticator, WebConfig, WebConfigWatcher
@@ -373,6 +375,9 @@ class Handler(BaseHTTPRequestHandler):
             self._leave_gate()
 
     def _get(self) -> None:
+        if Rehearsals.handles(urlsplit(self.path).path):
+            self._rehearsal(None)
+            return
         if not self._authorized():
             return
         url = urlsplit(self.path)
@@ -395,10 +400,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= 65536:
-            self.rfile.read(int(length))  # unused, but read, so a kept-alive connection stays in step
+        body = None
+        if length and length.isdigit() and int(length) <= MAX_CALL_BODY:
+            body = self.rfile.read(int(length))  # read even if unused, so a kept-alive connection stays in step
         elif length or self.headers.get("Transfer-Encoding"):
             self.close_connection = True
+        if Rehearsals.handles(urlsplit(self.path).path):
+            self._rehearsal(body)
+            return
         if not self._authorized():
             return
         if urlsplit(self.path).path != "/-/reload":
@@ -411,6 +420,18 @@ class Handler(BaseHTTPRequestHandler):
             self._send(
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"Reload failed; still serving the previous inventory:\n{error}\n"
             )
+
+    def _rehearsal(self, body: bytes | None) -> None:
+        """/rehearse/VILLAGE and the call pages' requests (exporter/rehearse.py): behind auth like the rest,
+        but for the far end's own requests, which carry their call's key (serve keeps no password to give it)."""
+        url = urlsplit(self.path)
+        query = parse_qs(url.query, keep_blank_values=True)
+        rehearsals = self.app.rehearsals
+        if not rehearsals.farend_request(url.path, query) and not self._authorized():
+            return
+        self._leave_gate()  # admission writes the ledger and a call page polls: no reason to hold the gate
+        r = rehearsals.answer(self.command, url.path, query, body, self.headers.get("Accept-Language"))
+        self._send(r.status, r.body, r.ctype, r.headers)
 
     def _probe(self, query: dict[str, list[str]]) -> None:
         target = (query.get("target") or [""])[0]
@@ -491,6 +512,7 @@ class App:
         self.reload_state = reload_state
         self.web = web
         self.admission = Admission()
+        self.rehearsals = Rehearsals(lambda: self.monitor.inventory)  # serve_http tells it where serve listens
         self.registry = CollectorRegistry(auto_describe=False)
         from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
@@ -517,7 +539,7 @@ class App:
         return self.web.current().auth if self.web is not None else _OPEN
 
     def metrics(self) -> str:
-        return self.monitor.render() + generate_latest(self.registry).decode()
+        return self.monitor.render() + self.rehearsals.render() + generate_latest(self.registry).decode()
 
     def status_body(self, village: str | None) -> Body:
         key = village if village in self.monitor.villages else None  # one render per page, however many ask
@@ -709,7 +731,10 @@ def serve_http(app: App, listen: str, web: WebConfigWatcher | None) -> Server:
     # gated threads, and an echo's send behind a render. 1 ms costs a little throughput for that latency.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     handler = type("BoundHandler", (Handler,), {"app": app})
-    return Server(parse_listen(listen), handler, web)
+    httpd = Server(parse_listen(listen), handler, web)
+    host, port = httpd.server_address[:2]
+    app.rehearsals.listening(str(host), int(port), web)
+    return httpd
 
 
 def start_serving(httpd: Server, listen: str) -> None:
