@@ -22,6 +22,12 @@ Subcommands (each appends rows to --out):
   its own Prometheus in agent mode that remote-writes into one VictoriaMetrics. Per shard: CPU, RSS, /metrics
   size and time, the agent's scrape duration; for the store: series, samples/s, bytes per sample; coverage:
   every village exactly once.
+- `stamp`: one shard's STAMP schedule (probes icmp,stamp, `--metrics.detail`; no snmpd), the landed code before
+  issue 16 (`--before`: 4 bursts at once) and now (bursts sized from the shard), one after the other on the same far
+  side: the share of villages whose last burst is younger than 2.5 intervals (and than 1.25: on schedule), sampled
+  over a window after a warm-up, the one-way STAMP jitter the bursts read (the far side adds none, so it is the
+  probe's own noise), STAMP packets a second, and the CPU of the shard and the reflector. The interval defaults to
+  300 s x villages / 4,250, so a smaller shard needs as many bursts under way as a 4,250-village one at 5 minutes.
 - `snmp`: v2c vs v3 CPU per village, by running bench/snmp/bench_snmp.py `--v3-every 0 1`.
 - `queries`: dashboard refresh time with a day of history, by running bench/dashboards (when present).
 - `footprint`: desanet's own bytes on one lab village's link over `--seconds`, by protocol (nftables counters in
@@ -29,6 +35,7 @@ Subcommands (each appends rows to --out):
 
     sudo .venv/bin/python bench/province/bench_province.py series --villages 217 --out bench/province/results.jsonl
     sudo .venv/bin/python bench/province/bench_province.py shards --villages 8500 --shards 2 4 --out ...
+    sudo .venv/bin/python bench/province/bench_province.py stamp --villages 1000 --out bench/province/results.jsonl
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from desanet.district.synth import village_address  # noqa: E402
+from desanet.exporter.state import STAMP_FRESH_PERIODS  # noqa: E402
 from desanet.lab.snmp_agent import OpticalValues, SnmpV3User, write_agent_files  # noqa: E402
 
 NOC, FAR = "bprov-noc", "bprov-far"
@@ -173,9 +181,9 @@ def net_down() -> None:
         sh("ip", "netns", "delete", ns, check=False)
 
 
-def far_up(procs: Procs, addrs: list[str], per_snmpd: int, tmp: Path, stamp: bool = True) -> None:
+def far_up(procs: Procs, addrs: list[str], per_snmpd: int, tmp: Path, stamp: bool = True, snmp: bool = True) -> None:
     """snmpd on every address (`per_snmpd` per process) and one desanet reflector on every address."""
-    for g in range(0, len(addrs), per_snmpd):
+    for g in range(0, len(addrs) if snmp else 0, per_snmpd):
         hosts = addrs[g : g + per_snmpd]
         argv = write_agent_files(tmp / f"snmpd{g // per_snmpd}", hosts[0], COMMUNITY, V3, OpticalValues(), port=161)
         argv[-1] = ",".join(f"udp:{h}:161" for h in hosts)
@@ -201,7 +209,7 @@ def far_up(procs: Procs, addrs: list[str], per_snmpd: int, tmp: Path, stamp: boo
             tmp / "reflector.log",
         )
     deadline = time.monotonic() + 120
-    for g in range(0, len(addrs), per_snmpd):
+    for g in range(0, len(addrs) if snmp else 0, per_snmpd):
         argv = ["snmpget", "-v2c", "-c", COMMUNITY, "-t", "0.5", "-r", "0", addrs[g], "1.3.6.1.2.1.1.3.0"]
         while "Timeticks" not in in_noc(*argv).stdout:
             if time.monotonic() > deadline:
@@ -279,13 +287,13 @@ def emit(row: dict[str, Any], out: Path | None) -> None:
 
 
 @contextlib.contextmanager
-def bench_env(addrs: list[str], per_snmpd: int, stamp: bool = True) -> Iterator[tuple[Procs, Path]]:
+def bench_env(addrs: list[str], per_snmpd: int, stamp: bool = True, snmp: bool = True) -> Iterator[tuple[Procs, Path]]:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bprov-"))
     tmp.chmod(0o755)
     net_up()
     try:
-        far_up(procs, addrs, per_snmpd, tmp, stamp)
+        far_up(procs, addrs, per_snmpd, tmp, stamp, snmp)
         yield procs, tmp
     finally:
         procs.stop()
@@ -609,6 +617,146 @@ def cmd_shards(args: argparse.Namespace) -> None:
                 )
 
 
+# ------------------------------------------------------------------------------------------------- stamp
+SHIPPED_STAMP_EVERY = 300.0  # inventory.yaml's settings.stamp.every_seconds
+PROVINCE_SHARD = 4250  # a shard of 8,500 villages over 2
+
+
+def _by_village(body: str, name: str, **want: str) -> dict[str, float]:
+    """village -> value, for the lines of `name` whose labels include `want`."""
+    out: dict[str, float] = {}
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", body, re.M):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(lab.get(k) == v for k, v in want.items()):
+            out[lab.get("village", "")] = float(m.group(2))
+    return out
+
+
+def _spread(values: list[float], scale: float = 1.0, digits: int = 1) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "p95": None, "max": None}
+    v = sorted(values)
+    return {
+        "median": round(statistics.median(v) * scale, digits),
+        "p95": round(v[min(len(v) - 1, int(0.95 * len(v)))] * scale, digits),
+        "max": round(v[-1] * scale, digits),
+    }
+
+
+def _stamp_phase(
+    label: str,
+    inv: Path,
+    slugs: list[str],
+    every: float,
+    args: argparse.Namespace,
+    procs: Procs,
+    tmp: Path,
+    pythonpath: str | None,
+    far: list[subprocess.Popen[bytes]],
+) -> dict[str, Any]:
+    """One `desanet serve --probes icmp,stamp --metrics.detail` for the warm-up and the window; what its STAMP
+    schedule kept fresh, what its bursts read, and what it cost."""
+    listen = "127.0.0.1:19964"
+    url = f"http://{listen}/metrics"
+    started, started_mono = time.time(), time.monotonic()
+    p = procs.start(
+        label,
+        [*serve_argv(inv, listen, probes="icmp,stamp"), "--metrics.detail"],
+        tmp / f"serve-{label}.log",
+        serve_env(tmp, pythonpath),
+        cwd=pythonpath or str(ROOT),
+    )
+    wait_for(lambda: "desanet_village_info{" in scrape(url, 30)[1], 120, 2)
+    time.sleep(max(0.0, started + args.warmup * every - time.time()))
+
+    def ages(body: str) -> list[float | None]:
+        """Seconds since each village's last STAMP burst ended; None for one that has had none yet."""
+        last = _by_village(body, "desanet_probe_last_run_timestamp_seconds", probe="stamp")
+        now = time.time()
+        return [now - last[v] if v in last else None for v in slugs]
+
+    _, body = scrape(url)
+    watch = [p, *far]
+    c0, t0 = {q.pid: cpu_seconds(q.pid) for q in watch}, time.monotonic()
+    sent0 = sum(_by_village(body, "desanet_packets_sent_total", method="stamp").values())
+    fresh, on_time, oldest = [], [], []
+    while time.monotonic() - t0 < args.seconds * every:
+        time.sleep(args.sample)
+        _, body = scrape(url)
+        a = ages(body)
+        fresh.append(sum(x is not None and x < STAMP_FRESH_PERIODS * every for x in a) / len(a))
+        on_time.append(sum(x is not None and x < 1.25 * every for x in a) / len(a))
+        oldest.append(max(x if x is not None else time.time() - started for x in a))  # none yet: since the start
+    c1, t1 = {q.pid: cpu_seconds(q.pid) for q in watch}, time.monotonic()
+    dt = t1 - t0
+    sent = sum(_by_village(body, "desanet_packets_sent_total", method="stamp").values()) - sent0
+    jitter = {
+        d: list(_by_village(body, "desanet_jitter_seconds", method="stamp", direction=d).values())
+        for d in ("down", "up")
+    }
+    loss = {
+        d: list(_by_village(body, "desanet_loss_ratio", method="stamp", direction=d).values()) for d in ("down", "up")
+    }
+    own = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"^(desanet_stamp_\w+) (\S+)$", body, re.M)
+    }  # the exporter's own schedule gauges, where the code has them
+    procs.stop(p)
+    serve_cores = (c1[p.pid] - c0[p.pid]) / dt
+    return {
+        "tool": label,
+        "seconds_after_start": round(t1 - started_mono, 1),
+        "window_seconds": round(dt, 1),
+        "samples": len(fresh),
+        "never_probed": sum(x is None for x in ages(body)),
+        "fresh_share_min": round(min(fresh), 4),
+        "fresh_share_mean": round(statistics.fmean(fresh), 4),
+        "on_time_share_min": round(min(on_time), 4),
+        "oldest_age_intervals_max": round(max(oldest) / every, 2),
+        "stamp_packets_per_second": round(sent / dt, 1),
+        "stamp_jitter_down_us": _spread(jitter["down"], 1e6),
+        "stamp_jitter_up_us": _spread(jitter["up"], 1e6),
+        "stamp_jitter_villages": len(jitter["down"]),
+        "stamp_loss_down_mean": round(statistics.fmean(loss["down"]), 5) if loss["down"] else None,
+        "stamp_loss_up_mean": round(statistics.fmean(loss["up"]), 5) if loss["up"] else None,
+        "burst_seconds": _spread(
+            list(_by_village(body, "desanet_probe_duration_seconds", probe="stamp").values()), 1, 2
+        ),
+        "serve_cpu_cores": round(serve_cores, 3),
+        "reflector_cpu_cores": round(sum(c1[q.pid] - c0[q.pid] for q in far) / dt, 3),
+        "exporter_stamp_gauges": own or None,
+        "load1": load1(),
+    }
+
+
+def cmd_stamp(args: argparse.Namespace) -> None:
+    """A shard's STAMP schedule before (the landed code at --before: 4 bursts at once) and now (sized from the
+    shard), one after the other against the same far side in one run. `--every` defaults to the shipped 300 s
+    scaled by villages / 4,250, so villages x burst / interval, the bursts a shard needs under way, is a
+    4,250-village shard's at the shipped settings while the run stays within minutes."""
+    n = args.villages[0]
+    every = args.every or round(SHIPPED_STAMP_EVERY * n / PROVINCE_SHARD, 1)
+    before = Path(args.before_tree)
+    if not (before / "desanet").is_dir():
+        sh("git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before)
+    addrs = addresses(n)
+    load = wait_quiet(args.max_load, args.max_wait)
+    with bench_env(addrs, args.per_snmpd, snmp=False) as (procs, tmp):
+        inv = tmp / "inv.yaml"
+        slugs = synth(n, inv, f"settings:\n  stamp: {{every_seconds: {every}, duration_seconds: 5, rate_pps: 50}}\n")
+        far = [p for name, p in procs.items if name == "reflector"]
+        common = {
+            "kind": "stamp",
+            "villages": n,
+            "stamp_every_seconds": every,
+            "equivalent_shard_at_300s": round(n * SHIPPED_STAMP_EVERY / every),
+            "warmup_intervals": args.warmup,
+            "window_intervals": args.seconds,
+            "load1_before": load,
+        }
+        for label, pp in ((f"desanet-{args.before}", str(before)), ("desanet-now", None)):
+            emit({**common, **_stamp_phase(label, inv, slugs, every, args, procs, tmp, pp, far)}, args.out)
+
+
 # ------------------------------------------------------------------------------------------------- snmp, queries
 def cmd_snmp(args: argparse.Namespace) -> None:
     """G's SNMP benchmark, v2c then v3 authPriv on the same agents, folded into this file's rows."""
@@ -861,6 +1009,15 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=60)
     p.add_argument("--seconds", type=float, default=60)
     p.set_defaults(fn=cmd_shards)
+    p = sub.add_parser("stamp")
+    common(p, [1000])
+    p.add_argument("--every", type=float, help="STAMP interval (default: 300 s x villages / 4,250)")
+    p.add_argument("--warmup", type=float, default=1.0, help="intervals after start before the window")
+    p.add_argument("--seconds", type=float, default=2.0, help="the window, in intervals")
+    p.add_argument("--sample", type=float, default=15.0, help="seconds between scrapes in the window")
+    p.add_argument("--before", default="e3fcf22", help="the landed code with 4 STAMP bursts at once")
+    p.add_argument("--before-tree", default="/tmp/bprov-stamp-before")
+    p.set_defaults(fn=cmd_stamp)
     p = sub.add_parser("snmp")
     common(p, [217, 1000])
     p.add_argument("--rounds", type=int, default=5)
