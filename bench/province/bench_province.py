@@ -28,6 +28,8 @@ Subcommands (each appends rows to --out):
   over a window after a warm-up, the one-way STAMP jitter the bursts read (the far side adds none, so it is the
   probe's own noise), STAMP packets a second, and the CPU of the shard and the reflector. The interval defaults to
   300 s x villages / 4,250, so a smaller shard needs as many bursts under way as a 4,250-village one at 5 minutes.
+- `stamp-pacing`: `--concurrent` STAMP bursts at once from one event loop to a reflector in the same process on
+  127.0.0.1: how late each burst's packets leave against its own 20 ms grid, and the jitter it reads.
 - `snmp`: v2c vs v3 CPU per village, by running bench/snmp/bench_snmp.py `--v3-every 0 1`.
 - `queries`: dashboard refresh time with a day of history, by running bench/dashboards (when present).
 - `footprint`: desanet's own bytes on one lab village's link over `--seconds`, by protocol (nftables counters in
@@ -757,6 +759,68 @@ def cmd_stamp(args: argparse.Namespace) -> None:
             emit({**common, **_stamp_phase(label, inv, slugs, every, args, procs, tmp, pp, far)}, args.out)
 
 
+def _pacing(n: int) -> dict[str, Any]:
+    """n bursts at once, each noting its packets' send times and its length."""
+    import asyncio
+
+    from desanet.probes import stamp
+    from desanet.probes.reflector import Reflector
+
+    late_ms: list[float] = []
+    elapsed: list[float] = []
+    result = stamp._Sender.result
+
+    def noting(self: Any, el: float) -> Any:
+        t = [x for x in self.user_t1 if x is not None]
+        step = 1e9 / self.settings.rate_pps
+        late_ms.extend(((t[i] - t[0]) - i * step) / 1e6 for i in range(len(t)))
+        elapsed.append(el)
+        return result(self, el)
+
+    async def run() -> tuple[list[Any], float]:
+        async with Reflector() as r:
+            _addr, port = await r.serve("127.0.0.1", 0)
+            s = stamp.StampSettings(port=port, duration_seconds=5.0, packet_bytes=1200)
+            c0 = time.process_time()
+            res = await asyncio.gather(*(stamp.probe("127.0.0.1", s) for _ in range(n)))
+            return list(res), time.process_time() - c0
+
+    setattr(stamp._Sender, "result", noting)  # noqa: B010 (a bench's tap on a private method)
+    try:
+        load = load1()
+        res, cpu = asyncio.run(run())
+    finally:
+        setattr(stamp._Sender, "result", result)  # noqa: B010
+    late = sorted(late_ms)
+    packets = sum(r.sent + r.received for r in res)
+    return {
+        "kind": "stamp_pacing",
+        "concurrent": n,
+        "load1_before": load,
+        "packets": packets,
+        "send_late_ms": {
+            "median": round(statistics.median(late), 2),
+            "p99": round(late[int(0.99 * len(late))], 2),
+            "max": round(late[-1], 1),
+        },
+        "burst_seconds_max": round(max(elapsed), 2),
+        "tx_timestamps": sorted({r.tx_timestamps for r in res}),
+        "forward_jitter_us": _spread([r.forward.jitter_seconds for r in res], 1e6),
+        "backward_jitter_us": _spread([r.backward.jitter_seconds for r in res], 1e6),
+        "loss_ratio_mean": round(statistics.fmean(r.loss_ratio for r in res), 5),
+        "cpu_us_per_packet_both_ends": round(cpu / packets * 1e6, 1),
+        "load1": load1(),
+    }
+
+
+def cmd_stamp_pacing(args: argparse.Namespace) -> None:
+    """N STAMP bursts at once from one event loop to a reflector in the same process on 127.0.0.1 (no
+    namespace): how late each burst's packets leave against its own 20 ms grid, how long a burst takes, and the
+    jitter it reads. Whether concurrency itself distorts a burst's timing, apart from the far side."""
+    for n in args.concurrent:
+        emit(_pacing(n), args.out)
+
+
 # ------------------------------------------------------------------------------------------------- snmp, queries
 def cmd_snmp(args: argparse.Namespace) -> None:
     """G's SNMP benchmark, v2c then v3 authPriv on the same agents, folded into this file's rows."""
@@ -1018,6 +1082,10 @@ def main() -> None:
     p.add_argument("--before", default="e3fcf22", help="the landed code with 4 STAMP bursts at once")
     p.add_argument("--before-tree", default="/tmp/bprov-stamp-before")
     p.set_defaults(fn=cmd_stamp)
+    p = sub.add_parser("stamp-pacing")
+    p.add_argument("--concurrent", type=int, nargs="+", default=[4, 107])
+    p.add_argument("--out", type=Path)
+    p.set_defaults(fn=cmd_stamp_pacing)
     p = sub.add_parser("snmp")
     common(p, [217, 1000])
     p.add_argument("--rounds", type=int, default=5)
