@@ -55,9 +55,11 @@ VERDICT_RANK = {"ready": 0, "unknown": 1, "at_risk": 2, "not_ready": 3}
 STAMP_SLOT_MARGIN = 1.25  # the +-10 % interval jitter, on-demand /probe bursts sharing the slots, and clumping
 # (bursts due at once vary by about the square root of their mean) are absorbed without a lasting queue
 STAMP_SLOTS_MIN = 4  # what a district always had: a few hundred villages, and /probe?module=stamp rarely waits
-STAMP_SLOTS_MAX = 256  # 256 x 50 packets/s is 12,800 packets/s each way from one Python process, about what
-# one core sends, receives and timestamps (docs/performance.md, Province); 256 slots cover 10,240 villages a
-# shard at the shipped 5 s every 5 min, so one shard holds the province's 8,500, and past that it must split anyway.
+STAMP_SLOTS_MAX = 256  # 256 slots cover 10,240 villages a shard at the shipped 5 s every 5 min (the province's
+# 8,500 fit one shard); at 50 packets/s each that is 12,800 packets/s each way, and a shard spends about 50 us of
+# CPU per STAMP packet and its reply (bench/province `stamp`, docs/performance.md): 0.64 cores, which with ICMP
+# and evaluation is what one Python process has. Past that, shard. Kernel TX/RX stamps keep the jitter read right
+# however late a crowded loop sends (`stamp-pacing`: p99 50 ms late at 213 bursts, jitter still in microseconds).
 STAMP_FIRST_WINDOW_MIN = 60.0  # seconds over which at least the first bursts after start are spread
 STAMP_FIRST_DELAY = 5.0  # no burst in the first seconds: the ICMP engine and the first evaluation come first
 
