@@ -3,7 +3,7 @@
 With a fixed 4 bursts at once a shard gave 0.8 villages a second a burst, so a 4,250-village shard saw each
 village every 88 minutes, and past 2.5 intervals its verdicts quietly judged ICMP's jitter instead of STAMP's.
 Here the real scheduler loop (`Monitor._periodic_loop`, its slots and its first-run spreading) runs on an event
-loop whose clock is virtual, so an hour of schedule for 8,500 villages takes seconds; each burst holds its slot
+loop whose clock is virtual, so 15 minutes of schedule for 8,500 villages take seconds; each burst holds its slot
 for the longest a real one does (the stream, then the reply timeout). No packet is sent.
 """
 
