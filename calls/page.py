@@ -48,7 +48,9 @@ class PageConfig:
 _SCRIPT = r"""
 const C = JSON.parse(document.getElementById('cfg').textContent);
 const W = C.words || {};
-const base = C.base + '/' + encodeURIComponent(C.call_id);
+// Absolute, from the origin: a page opened as https://user:password@noc/... resolves relative URLs with those
+// credentials in them, and fetch() refuses such URLs; the browser's auth cache supplies them instead.
+const base = location.origin + C.base + '/' + encodeURIComponent(C.call_id);
 const $ = (id) => document.getElementById(id);
 const fill = (tpl, v) => tpl.replace(/\{(\w+)\}/g, (m, k) => (k in v ? String(v[k]) : m));
 const say = (key, v, fallback) => (W[key] ? fill(W[key], v || {}) : fallback);
@@ -378,6 +380,7 @@ def render(cfg: PageConfig) -> bytes:
     return (
         f"<!doctype html><html lang='{e(cfg.lang)}'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"  # no /favicon.ico request over a village's link (and its 401)
         f"<title>{title}</title><style>{_CSS}</style></head><body>"
         f"<h1>{title}</h1>" + (f"<p>{e(cfg.intro)}</p>" if cfg.intro else "") + "<div id='choose' hidden>"
         f"<p>{e(w.get('choose', ''))}</p>"
