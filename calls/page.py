@@ -38,6 +38,7 @@ class PageConfig:
     source: str = "camera"  # camera (getUserMedia), pattern (canvas + oscillator), choose (two buttons)
     live: bool = False  # show both directions' figures, then poll for and show the outcome
     seconds: float = 0.0  # the call's length, for the countdown
+    start_seconds: float = 0.0  # how long the person has to choose (the far end waits that long)
     lang: str = "en"
     title: str = ""
     intro: str = ""
@@ -339,6 +340,7 @@ function fail(e) { status(say('status_error', {error: String(e)}, 'error: ' + e)
 if (C.live) watch();
 if (C.source === 'choose') {
   $('choose').hidden = false;
+  status(say('choose_within', {seconds: Math.round(C.start_seconds)}, ''));
   const cam = $('use-camera');
   if (!window.isSecureContext || !navigator.mediaDevices) { cam.disabled = true; $('https').hidden = false; }
   cam.addEventListener('click', () => start('camera').catch(fail));

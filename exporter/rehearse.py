@@ -54,7 +54,10 @@ log = logging.getLogger("desanet.rehearse")
 HTML = "text/html; charset=utf-8"
 CALL_SECONDS = 30.0  # long enough for 22 judged seconds after the 8 s warm-up
 CONNECT_SECONDS = 10.0
-START_SECONDS = 120.0  # for the person to choose camera or test pattern and allow the camera
+# For the person to choose camera or test pattern and allow the camera. The call holds the host's call lock and
+# runs its far end meanwhile, so a page opened and left alone keeps every other call waiting this long (a
+# first lab run abandoned after 120 s made a calibration call give up on the lock): a minute is ample to click.
+START_SECONDS = 60.0
 KEEP_FINISHED_SECONDS = 600.0  # a finished call stays on the desk this long, for its page to fetch the outcome
 # The call's upper bound in the ledger: video at the profile's ceiling plus ~100 kbit/s of audio, RTCP and
 # headers, both ways, for the call and its connect time, with half again for retransmissions (a lab call at
@@ -215,6 +218,7 @@ class Rehearsals:
         )  # fmt: skip
         page = {
             "base": "/rehearse/call", "source": source, "live": True, "seconds": spec.seconds, "lang": lang,
+            "start_seconds": spec.start_timeout,
             "title": title, "intro": intro, "words": words.page_words(lang),
         }  # fmt: skip
         self.desk.add_call(
