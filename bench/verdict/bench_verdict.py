@@ -193,8 +193,18 @@ def run_call(env: dict[str, str], sc: dict[str, Any], duration: int) -> tuple[di
     hz = os.sysconf("SC_CLK_TCK")
     busy0, nice0 = cpu_jiffies()
     t0 = time.monotonic()
-    proc = desanet(env, "lab", "call", sc["village"], "--profile", sc["profile"], "--duration", str(duration), "--json",
-                   timeout=duration + 180)
+    proc = desanet(
+        env,
+        "lab",
+        "call",
+        sc["village"],
+        "--profile",
+        sc["profile"],
+        "--duration",
+        str(duration),
+        "--json",
+        timeout=duration + 180,
+    )
     wall = time.monotonic() - t0
     busy1, nice1 = cpu_jiffies()
     try:
@@ -284,9 +294,16 @@ def main() -> None:
                 print(f"  busy host ({host}): again", flush=True)
                 time.sleep(20)
             restore(env, sc)
-            row = {**sc, "errors": errors, "check": check, "call": slim_call(call), "host": attempts[-1],
-                   "attempts": len(attempts), "quiet": attempts[-1]["other_cores"] <= opts.max_other_cores,
-                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            row = {
+                **sc,
+                "errors": errors,
+                "check": check,
+                "call": slim_call(call),
+                "host": attempts[-1],
+                "attempts": len(attempts),
+                "quiet": attempts[-1]["other_cores"] <= opts.max_other_cores,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             with opts.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             dirs = call.get("directions") or {}

@@ -65,7 +65,8 @@ def call_summary(row: dict[str, Any]) -> str:
         why = "; ".join(x.get("reasons") or []) or "ok"
         parts.append(
             f"{d} {x['outcome']} ({x.get('height')}p {x.get('fps')} fps, {100 * (x.get('freeze_ratio') or 0):.1f} % "
-            f"frozen, {100 * (x.get('audio_concealment_ratio') or 0):.1f} % audio concealed, {x.get('kbit')} kbit/s: {why})"
+            f"frozen, {100 * (x.get('audio_concealment_ratio') or 0):.1f} % audio concealed, "
+            f"{x.get('kbit')} kbit/s: {why})"
         )
     return "; ".join(parts)
 
@@ -114,12 +115,16 @@ def main() -> None:
     print(f"{len(rows)} scenarios" + (f"; left out: {dict(left_out)}" if left_out else ""))
     for profile, rs in sorted(by_profile.items()):
         s = summary(rs)
-        print(f"\n### {profile}: {s['agree']} of {s['rows']} match ({s['agree_pct']} %), "
-              f"{s['ready_but_fails']} ready for a call that failed\n")
+        print(
+            f"\n### {profile}: {s['agree']} of {s['rows']} match ({s['agree_pct']} %), "
+            f"{s['ready_but_fails']} ready for a call that failed\n"
+        )
         print("\n".join(matrix(rs)))
     s = summary(rows)
-    print(f"\n### all profiles: {s['agree']} of {s['rows']} match ({s['agree_pct']} %), "
-          f"{s['ready_but_fails']} ready for a call that failed\n")
+    print(
+        f"\n### all profiles: {s['agree']} of {s['rows']} match ({s['agree_pct']} %), "
+        f"{s['ready_but_fails']} ready for a call that failed\n"
+    )
     print("\n".join(matrix(rows)))
     print("\n### by class (verdict → outcome)\n")
     by_class: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
@@ -133,8 +138,10 @@ def main() -> None:
         if MATCH.get(v) == o:
             continue
         bad = {f: s for f, s in (r["check"].get("states") or {}).items() if s in ("warn", "fail")}
-        print(f"- #{r['n']} {r['class']} {r['profile']} {json.dumps(r['parts'])}: check {v} "
-              f"(limiting {r['check'].get('limiting')}, {bad or 'all pass'}); call {o}: {call_summary(r)}")
+        print(
+            f"- #{r['n']} {r['class']} {r['profile']} {json.dumps(r['parts'])}: check {v} "
+            f"(limiting {r['check'].get('limiting')}, {bad or 'all pass'}); call {o}: {call_summary(r)}"
+        )
 
 
 if __name__ == "__main__":
