@@ -398,18 +398,30 @@ def test_replies_to_probe_numbers_never_sent_are_ignored() -> None:
 
 # ---------------------------------------------------------------------------------------------- kernel filter
 def run_bpf(program: list[tuple[int, int, int, int]], ip: bytes, pkttype: int = 0) -> int:
-    """A classic-BPF interpreter for the instructions bpf_program uses; offsets relative to the IP header."""
+    """A classic-BPF interpreter for the instructions bpf_program uses; offsets relative to the IP header. A load
+    past the packet's end drops it, as the kernel does."""
     net = -0x100000
-    a = x = 0
-    pc = 0
+
+    class Short(Exception):
+        pass
 
     def load(off: int, size: int) -> int:
-        assert off <= net + len(ip) - size or off == -0x1000 + 4
         if off == -0x1000 + 4:
             return pkttype
         o = off - net
+        if not 0 <= o <= len(ip) - size:
+            raise Short
         return int.from_bytes(ip[o : o + size], "big")
 
+    try:
+        return _run(program, load)
+    except Short:
+        return 0
+
+
+def _run(program: list[tuple[int, int, int, int]], load: Any) -> int:
+    a = x = 0
+    pc = 0
     for _ in range(100):
         code, jt, jf, k = program[pc]
         k_signed = k - (1 << 32) if k & 0x80000000 else k
@@ -422,6 +434,8 @@ def run_bpf(program: list[tuple[int, int, int, int]], ip: bytes, pkttype: int = 
             a = load(k_signed, 1)
         elif code == 0x50:
             a = load(x + k_signed, 1)
+        elif code == 0x40:
+            a = load(x + k_signed, 4)
         elif code == 0x48:
             a = load(x + k_signed, 2)
         elif code == 0xB1:
@@ -445,19 +459,37 @@ def test_kernel_filter_keeps_replies_and_drops_the_rest(protocol: str) -> None:
     assert all(pc + 1 + max(jt, jf) < len(prog) for pc, jt, jf in jumps)
     assert prog[-1][0] == 0x06  # it ends in a return
     probe = ProbeFactory(f)(3, 2)
+    # another trace at the same time: its own identifier and source port (to this target and to another)
+    other = Flow(**{**f.__dict__, "ident": f.ident ^ 1, "sport": f.sport ^ 1})
+    elsewhere = Flow.new(protocol, NOC, "10.115.1.2", f.port, 1000)  # type: ignore[arg-type]
+    echo_reply = bytes(inet.IP(src=ROUTER, dst=NOC) / inet.ICMP(type=0, id=f.ident, seq=1))
     keep = [
         bytes(time_exceeded(probe, KEC)),
+        bytes(time_exceeded(probe, KEC, quote=28)),  # RFC 792's quote: the IP header and 8 octets
         bytes(unreachable(probe, ROUTER, 3)),
-        bytes(inet.IP(src=ROUTER, dst=NOC) / inet.ICMP(type=0, id=1, seq=1)),
     ]
     drop = [
         bytes(inet.IP(src=ROUTER, dst=NOC) / inet.ICMP(type=8)),  # someone pinging us
         bytes(inet.IP(src=ROUTER, dst=NOC) / inet.UDP(sport=53, dport=5353)),
         bytes(inet.IP(src=ROUTER, dst=NOC) / inet.TCP(sport=22, dport=5000, flags="A")),
-        bytes(inet.IP(src=ROUTER, dst=NOC, flags="MF") / inet.ICMP(type=0)),  # a fragment
+        bytes(inet.IP(src=ROUTER, dst=NOC, flags="MF") / inet.ICMP(type=0, id=f.ident)),  # a fragment
+        # the exporter's ICMP engine: echo replies with its own identifier, from the target and from others
+        bytes(inet.IP(src=ROUTER, dst=NOC) / inet.ICMP(type=0, id=f.ident ^ 1, seq=1)),
+        bytes(inet.IP(src="10.115.1.2", dst=NOC) / inet.ICMP(type=0, id=f.ident, seq=1)),
+        # other traces' replies: a router's time-exceeded quoting their probes, a target's unreachable
+        bytes(time_exceeded(ProbeFactory(other)(3, 2), KEC)),
+        bytes(time_exceeded(ProbeFactory(elsewhere)(3, 2), KEC)),
+        bytes(unreachable(ProbeFactory(elsewhere)(3, 2), "10.115.1.2", 3)),
+        bytes(time_exceeded(probe, KEC, quote=20)),  # a quote too short to say whose probe it was
     ]
+    (keep if protocol == "icmp" else drop).append(echo_reply)  # only ICMP traces get echo replies
     tcp_reply = bytes(inet.IP(src=ROUTER, dst=NOC) / inet.TCP(sport=80, dport=f.sport, flags="RA"))
     (keep if protocol == "tcp" else drop).append(tcp_reply)
+    if protocol == "tcp":
+        drop += [
+            bytes(inet.IP(src=ROUTER, dst=NOC) / inet.TCP(sport=80, dport=f.sport ^ 1, flags="SA")),  # another's
+            bytes(inet.IP(src="10.115.1.2", dst=NOC) / inet.TCP(sport=80, dport=f.sport, flags="RA")),
+        ]
     for pkt in keep:
         assert run_bpf(prog, pkt) > 0, inet.IP(pkt).summary()
         assert run_bpf(prog, pkt, pkttype=4) == 0  # our own outgoing copy
