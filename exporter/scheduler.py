@@ -8,7 +8,9 @@ that result, is counted in desanet_probe_success and logged with its reason, and
 - SNMP: all villages polled every `settings.snmp.every_seconds` through one poller with per-agent limits.
 - STAMP: each village with a reflector every `settings.stamp.every_seconds`, first run spread at random, with as
   many bursts at once as the shard's villages need (`stamp_slots`); a burst still waiting or running is not doubled.
-- Trace: each village every `settings.trace.every_seconds`, and at once when its verdict worsens.
+- Trace: each village every `settings.trace.every_seconds`, and at once when its verdict worsens, with as many
+  traces at once as the shard's villages need (`trace_slots`), each in a thread of the traces' own pool; a trace
+  still waiting or running is not doubled.
 - Throughput: `tests_per_day` per village within its byte/time budget, never two on one kecamatan uplink,
   never during a session (budget/ledger.py enforces all three).
 - Evaluation: every few seconds each village's window is summarised and its readiness re-assessed.
@@ -25,6 +27,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,7 +51,10 @@ THROUGHPUT_CHECK_SECONDS = 10.0
 REFUSED_RETRY_SECONDS = 900.0
 VERDICT_RANK = {"ready": 0, "unknown": 1, "at_risk": 2, "not_ready": 3}
 
-# STAMP bursts at once (issue 16). A fixed 4 gave a shard 0.8 villages a second: 240 per 5-minute interval, so a
+# How many probes of one kind run at once (issue 16): by Little's law a shard has villages x slot time / interval
+# of them under way on average; the slots are that times a margin, between two bounds (`probe_slots`).
+#
+# STAMP bursts at once. A fixed 4 gave a shard 0.8 villages a second: 240 per 5-minute interval, so a
 # 4,250-village shard saw each village every 88 minutes and judged ICMP's jitter instead of STAMP's. The slots
 # now follow the shard's own work: n villages x one burst's slot time / the interval is the average number of
 # bursts under way, and the slots are that times the margin, between the two bounds.
@@ -60,8 +66,32 @@ STAMP_SLOTS_MAX = 256  # 256 slots cover 10,240 villages a shard at the shipped 
 # CPU per STAMP packet and its reply (bench/province `stamp`, docs/performance.md): 0.64 cores, which with ICMP
 # and evaluation is what one Python process has. Past that, shard. Kernel TX/RX stamps keep the jitter read right
 # however late a crowded loop sends (`stamp-pacing`: p99 50 ms late at 213 bursts, jitter still in microseconds).
-STAMP_FIRST_WINDOW_MIN = 60.0  # seconds over which at least the first bursts after start are spread
 STAMP_FIRST_DELAY = 5.0  # no burst in the first seconds: the ICMP engine and the first evaluation come first
+
+# Traces at once. A fixed 2 fell behind the same way: through routers that rate-limit their ICMP errors, as
+# Linux does by default (one time-exceeded a second to the NOC, after a burst of 6), a trace takes 1.0 s at a
+# district's rate (one probe to the core router unanswered: the trace waits its 1 s timeout for it) and 3.0 s at
+# a province shard's 14-28 traces a second (the core router silent: three fill-in rounds besides), measured in the
+# lab (bench/trace, docs/performance.md "Trace at province scale"). 2 slots then trace 200 villages per 5-minute
+# interval, so a 4,250-village shard saw each village's path every 106 minutes.
+TRACE_SLOT_MARGIN = 1.25  # as STAMP's; traces to cut villages take no longer on average (3.05 s with a tenth cut)
+TRACE_SLOTS_MIN = 2  # what a district always had: 217 villages keep 0.7 traces under way at 1 s each
+TRACE_SLOTS_MAX = 128  # 10,240 villages a shard at the shipped 3 probes every 5 min, as STAMP's 256. A trace costs
+# 6-7 ms of CPU (0.3 cores at the cap's 43 traces a second), and each one under way holds a thread (the pool is
+# this size, so a slot is a running trace, never one queued for a thread) and a packet socket the kernel offers
+# every packet the host receives, about 0.45 us each before the trace's filter drops it: at a 4,250-village shard
+# with its 4,250 echoes a second, 42 traces under way cost 0.18 cores more (bench/trace). Past that, shard.
+TRACE_FIRST_DELAY = 10.0  # no trace in the first seconds
+TRACE_FRESH_PERIODS = 2.5  # a village traced within 2.5 intervals keeps its cadence (STAMP's allowance)
+FIRST_WINDOW_MIN = 60.0  # seconds over which at least the first runs after start are spread
+
+
+def probe_slots(
+    villages: int, slot_seconds: float, every_seconds: float, margin: float, bounds: tuple[int, int]
+) -> int:
+    """Runs to allow at once so that `villages` each get one every `every_seconds`, with the margin."""
+    lo, hi = bounds
+    return max(lo, min(hi, math.ceil(villages * slot_seconds * margin / every_seconds)))
 
 
 def stamp_slot_seconds(duration_seconds: float) -> float:
@@ -73,27 +103,59 @@ def stamp_slot_seconds(duration_seconds: float) -> float:
 
 def stamp_slots(villages: int, slot_seconds: float, every_seconds: float) -> int:
     """Bursts to allow at once so that `villages` each get one every `every_seconds`, with the margin."""
-    need = math.ceil(villages * slot_seconds * STAMP_SLOT_MARGIN / every_seconds)
-    return max(STAMP_SLOTS_MIN, min(STAMP_SLOTS_MAX, need))
+    return probe_slots(villages, slot_seconds, every_seconds, STAMP_SLOT_MARGIN, (STAMP_SLOTS_MIN, STAMP_SLOTS_MAX))
 
 
-def stamp_first_window(villages: int, slot_seconds: float, slots: int, every_seconds: float) -> float:
-    """Seconds over which the first bursts are spread: as long as the slots need for every village anyway
+def trace_slot_seconds(probes_per_hop: int) -> float:
+    """How long a trace holds its slot on average at a province shard's rates: the core router's ICMP budget is
+    spent, so the trace waits its timeout for the stragglers, asks the silent hop again `probes_per_hop` times
+    half a second apart and waits out the last: 2 x 1 s + 2 x 0.5 s = 3 s at the defaults, measured 2.98-3.05 s
+    mean at 14-28 traces a second (bench/trace). Less at a district's rate (1.0 s), which the bound covers."""
+    from desanet.probes.trace import FILL_IN_INTERVAL, TraceSettings
+
+    return 2 * TraceSettings.timeout_seconds + (probes_per_hop - 1) * FILL_IN_INTERVAL
+
+
+def trace_slots(villages: int, slot_seconds: float, every_seconds: float) -> int:
+    """Traces to allow at once so that `villages` each get one every `every_seconds`, with the margin."""
+    return probe_slots(villages, slot_seconds, every_seconds, TRACE_SLOT_MARGIN, (TRACE_SLOTS_MIN, TRACE_SLOTS_MAX))
+
+
+def first_run_window(villages: int, slot_seconds: float, slots: int, every_seconds: float) -> float:
+    """Seconds over which the first runs are spread: as long as the slots need for every village anyway
     (at scale about every_seconds / margin, so the steady schedule starts evenly spread instead of queued),
     at least a minute, at most one interval."""
-    return min(every_seconds, max(STAMP_FIRST_WINDOW_MIN, villages * slot_seconds / slots))
+    return min(every_seconds, max(FIRST_WINDOW_MIN, villages * slot_seconds / slots))
 
 
 @dataclass(frozen=True)
-class StampHealth:
-    """The STAMP schedule at one moment: villages with a reflector, how many have had a burst recently enough
-    to count (STAMP_FRESH_PERIODS intervals), and the longest any has gone without one (since it joined the
-    shard, if it has had none)."""
+class ScheduleHealth:
+    """One probe's schedule at one moment: the villages it covers, how many have a result recent enough
+    (STAMP: to count for the verdict; trace: to keep its cadence), and the longest any has gone without one
+    (since it joined the shard, if it has had none)."""
 
     villages: int = 0
     fresh: int = 0
     oldest_age_seconds: float = 0.0
     interval_seconds: float = 0.0
+
+
+@dataclass
+class _Tally:
+    """ScheduleHealth counted up over one round of the scheduler's loop."""
+
+    interval_seconds: float
+    villages: int = 0
+    fresh: int = 0
+    oldest_age_seconds: float = 0.0
+
+    def add(self, fresh: bool, age_seconds: float) -> None:
+        self.villages += 1
+        self.fresh += fresh
+        self.oldest_age_seconds = max(self.oldest_age_seconds, age_seconds)
+
+    def health(self) -> ScheduleHealth:
+        return ScheduleHealth(self.villages, self.fresh, self.oldest_age_seconds, self.interval_seconds)
 
 
 def in_shard(slug: str, shard: tuple[int, int]) -> bool:
@@ -128,8 +190,14 @@ class Monitor:
         self._running: set[asyncio.Task[Any]] = set()
         self.stamp_pool = Slots(STAMP_SLOTS_MIN)  # bursts at once, sized from the shard by apply_inventory
         self._stamp_pending: set[str] = set()  # villages whose scheduled burst waits for a slot or runs
-        self.stamp_health = StampHealth()
-        self._trace_sem = Slots(2)
+        self.stamp_health = ScheduleHealth()
+        self.trace_pool = Slots(TRACE_SLOTS_MIN)  # traces at once, sized from the shard by apply_inventory
+        self._trace_pending: set[str] = set()
+        self.trace_health = ScheduleHealth()
+        # Traces block a thread each (probes/trace.py): their own pool, as large as their slots can grow, so that a
+        # slot is a running trace and not one queued for a thread, and the loop's default pool (inventory reloads)
+        # never waits behind them. Threads start on demand and number at most the traces ever under way at once.
+        self._trace_threads = ThreadPoolExecutor(max_workers=TRACE_SLOTS_MAX, thread_name_prefix="desanet-trace")
         self._tp_kec_busy: set[str] = set()
         self.ready = asyncio.Event()
 
@@ -159,6 +227,7 @@ class Monitor:
         for t in [*self._tasks, *self._running]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        self._trace_threads.shutdown(wait=False, cancel_futures=True)  # a running trace ends by its deadline
         if self.engine is not None:
             self.engine.close()
         if self.poller is not None:
@@ -182,7 +251,14 @@ class Monitor:
         if slots != self.stamp_pool.limit:
             log.info("STAMP bursts at once: %d for %d villages with a reflector", slots, with_stamp)
         self.stamp_pool.resize(slots)
-        first = stamp_first_window(with_stamp, slot_seconds, slots, s.every_seconds)
+        first = first_run_window(with_stamp, slot_seconds, slots, s.every_seconds)
+        t = inv.settings.trace
+        trace_seconds = trace_slot_seconds(t.probes_per_hop)
+        traces = trace_slots(len(wanted), trace_seconds, t.every_seconds)
+        if traces != self.trace_pool.limit:
+            log.info("traces at once: %d for %d villages", traces, len(wanted))
+        self.trace_pool.resize(traces)
+        trace_first = first_run_window(len(wanted), trace_seconds, traces, t.every_seconds)
         for slug, village in wanted.items():
             old = self.villages.get(slug)
             if old is None or old.village.address != village.address:
@@ -192,7 +268,7 @@ class Monitor:
                 self.villages[slug] = vs
                 vs.next_due = {
                     "stamp": now + STAMP_FIRST_DELAY + random.uniform(0, first),
-                    "trace": now + random.uniform(10, min(120.0, inv.settings.trace.every_seconds)),
+                    "trace": now + TRACE_FIRST_DELAY + random.uniform(0, trace_first),
                     "throughput": now + random.uniform(30, 30 + self._throughput_period(inv)),
                 }
                 if self.engine is not None:
@@ -377,24 +453,18 @@ class Monitor:
             now = time.monotonic()
             wall = time.time()
             inv = self.inventory
-            stamp_villages = stamp_fresh = 0
-            stamp_oldest = 0.0
+            s, t = inv.settings.stamp, inv.settings.trace
+            stamp = _Tally(s.every_seconds)
+            trace = _Tally(t.every_seconds)
             for vs in list(self.villages.values()):
                 due = vs.next_due
                 if "stamp" in self.enable and vs.village.stamp is not None:
-                    if due.get("stamp", 0) <= now:
-                        due["stamp"] = now + inv.settings.stamp.every_seconds * random.uniform(0.9, 1.1)
-                        # One burst per village at a time: a run still waiting for a slot is not queued twice
-                        # (a shard that falls behind would otherwise pile up a task per village per interval).
-                        if vs.slug not in self._stamp_pending:
-                            self._stamp_pending.add(vs.slug)
-                            self._spawn(functools.partial(self._scheduled_stamp, vs), self.stamp_pool)
-                    stamp_villages += 1
-                    stamp_fresh += vs.stamp_fresh(wall)
-                    stamp_oldest = max(stamp_oldest, wall - (vs.stamp_at or vs.added_at))
-                if "trace" in self.enable and due.get("trace", 0) <= now:
-                    due["trace"] = now + inv.settings.trace.every_seconds * random.uniform(0.9, 1.1)
-                    self._spawn(functools.partial(self._guarded, vs, "trace", self._run_trace), self._trace_sem)
+                    self._start_if_due(vs, "stamp", now, s.every_seconds, self._run_stamp)
+                    stamp.add(vs.stamp_fresh(wall), wall - (vs.stamp_at or vs.added_at))
+                if "trace" in self.enable:
+                    self._start_if_due(vs, "trace", now, t.every_seconds, self._run_trace)
+                    age = wall - (vs.trace_at or vs.added_at)
+                    trace.add(vs.trace_at is not None and age < TRACE_FRESH_PERIODS * t.every_seconds, age)
                 if (
                     "throughput" in self.enable
                     and vs.village.iperf3 is not None
@@ -404,17 +474,36 @@ class Monitor:
                     due["throughput"] = now + self._throughput_period(inv)
                     self._tp_kec_busy.add(vs.village.kecamatan)
                     self._spawn(functools.partial(self._throughput_then_release, vs), None)
-            if "stamp" in self.enable:  # whether the schedule keeps up, for the exporter's own metrics
-                self.stamp_health = StampHealth(
-                    stamp_villages, stamp_fresh, stamp_oldest, inv.settings.stamp.every_seconds
-                )
+            # whether each schedule keeps up, for the exporter's own metrics
+            if "stamp" in self.enable:
+                self.stamp_health = stamp.health()
+            if "trace" in self.enable:
+                self.trace_health = trace.health()
             await asyncio.sleep(1.0)
 
-    async def _scheduled_stamp(self, vs: VillageState) -> None:
+    def _start_if_due(
+        self, vs: VillageState, probe: str, now: float, every: float, run: Callable[[VillageState], Awaitable[str]]
+    ) -> None:
+        """Start a STAMP burst or a trace that is due, in its slots. One per village at a time: a run still
+        waiting for a slot is not queued twice (a shard that falls behind would otherwise pile up a task per
+        village per interval)."""
+        if vs.next_due.get(probe, 0) > now:
+            return
+        vs.next_due[probe] = now + every * random.uniform(0.9, 1.1)
+        pending, pool = (
+            (self._stamp_pending, self.stamp_pool) if probe == "stamp" else (self._trace_pending, self.trace_pool)
+        )
+        if vs.slug not in pending:
+            pending.add(vs.slug)
+            self._spawn(functools.partial(self._scheduled, vs, probe, run, pending), pool)
+
+    async def _scheduled(
+        self, vs: VillageState, probe: str, run: Callable[[VillageState], Awaitable[str]], pending: set[str]
+    ) -> None:
         try:
-            await self._guarded(vs, "stamp", self._run_stamp)
+            await self._guarded(vs, probe, run)
         finally:
-            self._stamp_pending.discard(vs.slug)
+            pending.discard(vs.slug)
 
     def _spawn(self, make: Callable[[], Awaitable[None]], sem: Slots | None) -> None:
         """Run a probe as its own task; the coroutine is made only when it may start, so cancelling a queued
@@ -479,7 +568,8 @@ class Monitor:
         from desanet.probes.trace import TraceSettings, probe
 
         s = self.inventory.settings.trace
-        r = await probe(vs.village.address, TraceSettings(max_hops=s.max_hops, probes_per_hop=s.probes_per_hop))
+        settings = TraceSettings(max_hops=s.max_hops, probes_per_hop=s.probes_per_hop)
+        r = await probe(vs.village.address, settings, executor=self._trace_threads)
         vs.trace, vs.trace_at = r, time.time()
         deg = f", degraded at hop {r.degraded_hop}" if r.degraded_hop is not None else ""
         return f"{len(r.hops)} hops, {'reached' if r.reached else 'NOT reached'}{deg}"
@@ -520,7 +610,7 @@ class Monitor:
     async def probe_on_demand(self, slug: str, module: str, wait_seconds: float) -> Any:
         """probe_now within the schedule's concurrency limits: a STAMP or trace waits at most `wait_seconds`
         for one of the slots the scheduled probes share, then raises Busy instead of adding to the load."""
-        sem = {"stamp": self.stamp_pool, "trace": self._trace_sem}.get(module)
+        sem = {"stamp": self.stamp_pool, "trace": self.trace_pool}.get(module)
         if sem is None:
             return await self.probe_now(slug, module)
         try:
@@ -559,7 +649,7 @@ class Monitor:
             from desanet.probes.trace import TraceSettings
             from desanet.probes.trace import probe as trace_probe
 
-            return await trace_probe(village.address, TraceSettings())
+            return await trace_probe(village.address, TraceSettings(), executor=self._trace_threads)
         if module == "throughput":
             return await self._throughput_now(village, vs, origin)
         raise ValueError(f"unknown module {module!r}")

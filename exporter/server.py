@@ -100,6 +100,8 @@ class SelfCollector(Collector):
         yield info
         if "stamp" in self.monitor.enable:
             yield from self._stamp_schedule()
+        if "trace" in self.monitor.enable:
+            yield from self._trace_schedule()
         engine = self.monitor.engine
         if engine is not None:
             st = engine.stats
@@ -136,7 +138,7 @@ class SelfCollector(Collector):
         fewer fresh villages than villages, an oldest result past STAMP_FRESH_PERIODS intervals, and bursts
         waiting while every slot is in flight; those villages' verdicts then judge ICMP's jitter."""
         pool, health = self.monitor.stamp_pool, self.monitor.stamp_health
-        for name, text, value in (
+        yield from _gauges(
             (
                 "desanet_stamp_burst_slots",
                 "STAMP bursts this shard may run at once (sized from its villages).",
@@ -160,10 +162,42 @@ class SelfCollector(Collector):
                 "Seconds between STAMP bursts to one village (the inventory's).",
                 health.interval_seconds,
             ),
-        ):
-            g = GaugeMetricFamily(name, text)
-            g.add_metric([], value)
-            yield g
+        )
+
+    def _trace_schedule(self) -> Any:
+        """Whether the traces keep up with the shard, shard-wide (no village label), as STAMP's: a shard that falls
+        behind has fewer villages traced within 2.5 intervals than villages, and traces waiting for a slot; its
+        degraded-hop figures then describe old paths."""
+        pool, health = self.monitor.trace_pool, self.monitor.trace_health
+        yield from _gauges(
+            ("desanet_trace_slots", "Traces this shard may run at once (sized from its villages).", pool.limit),
+            ("desanet_trace_in_flight", "Traces running now, scheduled and on-demand.", pool.in_use),
+            ("desanet_trace_waiting", "Traces due but waiting for a slot.", pool.waiting),
+            ("desanet_trace_villages", "Villages this shard traces.", health.villages),
+            (
+                "desanet_trace_fresh_villages",
+                "Villages whose last trace is within 2.5 intervals (the schedule keeps their cadence).",
+                health.fresh,
+            ),
+            (
+                "desanet_trace_oldest_result_age_seconds",
+                "Longest any village has gone without a trace (since it joined, if none yet).",
+                health.oldest_age_seconds,
+            ),
+            (
+                "desanet_trace_interval_seconds",
+                "Seconds between traces to one village (the inventory's).",
+                health.interval_seconds,
+            ),
+        )
+
+
+def _gauges(*rows: tuple[str, str, float]) -> Any:
+    """One unlabelled gauge family per (name, help, value)."""
+    for name, text, value in rows:
+        g = GaugeMetricFamily(name, text)
+        g.add_metric([], value)
+        yield g
 
 
 class Coalesced(Generic[T]):
