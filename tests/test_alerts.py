@@ -189,6 +189,7 @@ def test_sessions_and_the_monitor_itself_have_their_own_receivers() -> None:
     assert _receivers("alertname=SessionAtRisk", "kecamatan=Licin", "session=Rapat") == {"noc-sessions"}
     assert _receivers("alertname=DesanetExporterDown", "severity=critical") == {"desanet-admins"}
     assert _receivers("alertname=DesanetProbeScheduleSlipping", "severity=warning") == {"desanet-admins"}
+    assert _receivers("alertname=DesanetProbingBehind", "severity=warning", "probe=trace") == {"desanet-admins"}
     assert _receivers("alertname=RouterRebooted", "severity=info", "kecamatan=Licin") == {"noc"}
 
 
