@@ -1,7 +1,7 @@
 """What one scheduled trace costs on a healthy district path: how long it holds its slot, and its CPU.
 
 Not a test (timing figures need a quiet machine): it writes one JSON line per phase to `--out` and prints them;
-exporter/scheduler.py (`TRACE_SLOT_SECONDS`) and docs/performance.md ("Trace at province scale") quote them.
+exporter/scheduler.py (`trace_slot_seconds`) and docs/performance.md ("Trace at province scale") quote them.
 
 The path is the lab's (docs/lab.md): NOC -> core -> kecamatan router -> village router, Linux namespaces with
 the kernel's ICMP rate limiting as shipped (net.ipv4.icmp_ratelimit 1000 ms, icmp_ratemask 6168: time-exceeded
