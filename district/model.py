@@ -215,12 +215,14 @@ class Profile(_Model):
     description: str = ""
     min_down_mbit: Annotated[float, Field(gt=0, description="Download the call needs, Mbit/s.")]
     min_up_mbit: Annotated[float, Field(gt=0, description="Upload the call needs, Mbit/s.")]
-    max_rtt_ms: Annotated[float, Field(gt=0, description="Ready up to this round-trip time, ms.")] = 100.0
+    max_rtt_ms: Annotated[float, Field(gt=0, description="Ready up to this round-trip time, ms.")] = 200.0
     max_jitter_ms: Annotated[float, Field(gt=0, description="Ready up to this jitter, ms.")] = 30.0
-    max_loss_pct: Annotated[float, Field(ge=0, le=100, description="Ready up to this packet loss, %.")] = 1.0
-    fail_rtt_ms: Annotated[float, Field(gt=0, description="Not ready from this round-trip time, ms.")] = 150.0
+    max_loss_pct: Annotated[float, Field(ge=0, le=100, description="Ready up to this round-trip packet loss, %.")] = 3.0
+    fail_rtt_ms: Annotated[float, Field(gt=0, description="Not ready from this round-trip time, ms.")] = 400.0
     fail_jitter_ms: Annotated[float, Field(gt=0, description="Not ready from this jitter, ms.")] = 40.0
-    fail_loss_pct: Annotated[float, Field(ge=0, le=100, description="Not ready from this packet loss, %.")] = 3.0
+    fail_loss_pct: Annotated[
+        float, Field(ge=0, le=100, description="Not ready from this round-trip packet loss, %.")
+    ] = 20.0
     video_packet_bytes: Annotated[
         int, Field(ge=44, le=1472, description="UDP payload of the test packets that imitate the call's video.")
     ] = 1200
