@@ -3,8 +3,8 @@
 With a fixed 4 bursts at once a shard gave 0.8 villages a second a burst, so a 4,250-village shard saw each
 village every 88 minutes, and past 2.5 intervals its verdicts quietly judged ICMP's jitter instead of STAMP's.
 Here the real scheduler loop (`Monitor._periodic_loop`, its slots and its first-run spreading) runs on an event
-loop whose clock is virtual, so 15 minutes of schedule for 8,500 villages take seconds; each burst holds its slot
-for the longest a real one does (the stream, then the reply timeout). No packet is sent.
+loop whose clock is virtual (tests/schedule_clock.py), so 15 minutes of schedule for 8,500 villages take seconds;
+each burst holds its slot for the longest a real one does (the stream, then the reply timeout). No packet is sent.
 """
 
 from __future__ import annotations
@@ -12,24 +12,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import random
-import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from desanet.district import Inventory, load_inventory
 from desanet.exporter import scheduler
 from desanet.exporter.scheduler import Monitor, stamp_slot_seconds, stamp_slots
-from desanet.exporter.server import ReloadState, SelfCollector
 from desanet.exporter.slots import Slots
-from desanet.exporter.state import STAMP_FRESH_PERIODS, VillageState
+from desanet.exporter.state import STAMP_FRESH_PERIODS
+from tests.schedule_clock import Clock, Run, exported_after_one_round, install_clock, province, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (217, 4250, 8500)
@@ -38,17 +34,6 @@ SIZES = (217, 4250, 8500)
 @pytest.fixture(scope="module")
 def shipped() -> Inventory:
     return load_inventory(ROOT / "inventory.yaml")
-
-
-def _province(inv: Inventory, n: int) -> Inventory:
-    """The shipped inventory (its settings, profiles, sessions) with `n` villages made from its own."""
-    base = [v for v in inv.villages if v.stamp is not None]
-    villages = []
-    for i in range(n):
-        v = base[i % len(base)]
-        address = f"10.{64 + i // 65536}.{i // 256 % 256}.{i % 256}"
-        villages.append(v.model_copy(update={"slug": f"v{i:05d}", "router": address}))
-    return inv.model_copy(update={"villages": villages})
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -71,91 +56,25 @@ def test_slots_are_bounded() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ virtual time
-class _Clock:
-    def __init__(self) -> None:
-        self.mono = 1_000.0
-        self.wall0 = 1_800_000_000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.wall0 + self.mono
-
-
-class _VirtualSelector(selectors.SelectSelector):
-    """Waiting advances the clock instead of sleeping: nothing here waits on a file descriptor."""
-
-    def __init__(self, clock: _Clock) -> None:
-        super().__init__()
-        self.clock = clock
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            raise RuntimeError("the loop would wait forever")
-        self.clock.mono += max(0.0, timeout)
-        return []
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Clock]:
-    c = _Clock()
-    monkeypatch.setattr(time, "monotonic", c.monotonic)
-    monkeypatch.setattr(time, "time", c.time)
-    monkeypatch.setattr(scheduler, "random", random.Random(16))
-    yield c
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return install_clock(monkeypatch)
 
 
-def _simulate(inv: Inventory, clock: _Clock, horizon: float) -> tuple[Monitor, dict[str, list[float]], list[float]]:
-    """Run the scheduler's loop for `horizon` virtual seconds; each burst's start time per village, and how
-    long each burst waited for a slot."""
-    monitor = Monitor(inv, enable={"stamp"})
-    slot = stamp_slot_seconds(inv.settings.stamp.duration_seconds)
-    starts: dict[str, list[float]] = {}
-    spawned: dict[str, float] = {}
-    waits: list[float] = []
-    spawn = monitor._spawn
-
-    def spawn_and_note(make: Any, sem: Any) -> None:
-        spawned[make.args[0].slug] = clock.mono
-        spawn(make, sem)
-
-    async def burst(vs: VillageState) -> str:
-        starts.setdefault(vs.slug, []).append(clock.mono)
-        waits.append(clock.mono - spawned[vs.slug])
-        await asyncio.sleep(slot)  # the longest a real burst holds its slot
-        vs.stamp, vs.stamp_at = object(), time.time()
-        return "ok"
-
-    async def main() -> None:
-        monitor.apply_inventory(inv)
-        monitor._run_stamp = burst  # type: ignore[method-assign]
-        monitor._spawn = spawn_and_note  # type: ignore[method-assign]
-        loop_task = asyncio.create_task(monitor._periodic_loop())
-        end = clock.mono + horizon
-        while clock.mono < end:
-            await asyncio.sleep(1.0)
-        loop_task.cancel()
-        for t in [loop_task, *monitor._running]:
-            t.cancel()
-        await asyncio.gather(loop_task, *monitor._running, return_exceptions=True)
-
-    loop = asyncio.SelectorEventLoop(_VirtualSelector(clock))
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
-    return monitor, starts, waits
+def _simulate(inv: Inventory, clock: Clock, horizon: float) -> Run:
+    """Each burst holds its slot for the longest a real one does: the stream, then the reply timeout."""
+    return simulate(inv, clock, horizon, "stamp", stamp_slot_seconds(inv.settings.stamp.duration_seconds))
 
 
 @pytest.mark.parametrize("n", [217, 4250, pytest.param(8500, marks=pytest.mark.slow)])
-def test_the_scheduler_keeps_every_village_fresh(shipped: Inventory, clock: _Clock, n: int) -> None:
+def test_the_scheduler_keeps_every_village_fresh(shipped: Inventory, clock: Clock, n: int) -> None:
     """Over three intervals from start: every village's first burst within the first interval,
     then one burst per interval (its +-10 % jitter and a few seconds' wait for a slot at most), no burst queued
     for long, and at the end every village's STAMP result counts for its verdict."""
-    inv = _province(shipped, n)
+    inv = province(shipped, n)
     every = inv.settings.stamp.every_seconds
-    monitor, starts, waits = _simulate(inv, clock, 3 * every)
+    run = _simulate(inv, clock, 3 * every)
+    monitor, starts, waits = run.monitor, run.starts, run.waits
     assert len(starts) == n, f"{n - len(starts)} of {n} villages never had a burst"
     first = [s[0] - (clock.mono - 3 * every) for s in starts.values()]
     assert max(first) <= every, f"a first burst came {max(first):.0f} s after start"
@@ -168,13 +87,14 @@ def test_the_scheduler_keeps_every_village_fresh(shipped: Inventory, clock: _Clo
     assert max(waits) <= 30
 
 
-def test_the_old_fixed_four_could_not(shipped: Inventory, clock: _Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_old_fixed_four_could_not(shipped: Inventory, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same run with the slots pinned to the old 4: most villages of a 4,250-village shard go stale, and a
     village's burst is never queued twice (one per village waits, not one per village per interval)."""
     monkeypatch.setattr(scheduler, "stamp_slots", lambda *_: 4)
-    inv = _province(shipped, 4250)
+    inv = province(shipped, 4250)
     every = inv.settings.stamp.every_seconds
-    monitor, starts, _waits = _simulate(inv, clock, 3 * every)
+    run = _simulate(inv, clock, 3 * every)
+    monitor, starts = run.monitor, run.starts
     health = monitor.stamp_health
     assert len(starts) < 0.2 * 4250  # 4 slots x 900 s / 6 s = 600 villages ever had a burst
     assert health.fresh < 0.2 * health.villages
@@ -220,9 +140,9 @@ def test_slots_resize_wake_waiters_and_survive_cancellation() -> None:
 
 def test_a_reload_resizes_the_slots(shipped: Inventory) -> None:
     monitor = Monitor(shipped)
-    monitor.apply_inventory(_province(shipped, 4250))
+    monitor.apply_inventory(province(shipped, 4250))
     assert monitor.stamp_pool.limit == 107
-    monitor.apply_inventory(_province(shipped, 217))
+    monitor.apply_inventory(province(shipped, 217))
     assert monitor.stamp_pool.limit == stamp_slots(217, 6.0, 300.0) == 6
 
 
@@ -235,18 +155,8 @@ def test_the_schedule_is_exported_shard_wide_and_passes_promtool(shipped: Invent
     for i, vs in enumerate(monitor.villages.values()):
         if i % 4:
             vs.stamp, vs.stamp_at = object(), now - 60
-
-    async def one_round() -> None:  # the scheduler's loop takes stock once a second; no burst is due yet
-        task = asyncio.create_task(monitor._periodic_loop())
-        await asyncio.sleep(0.1)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(one_round())
+    text = exported_after_one_round(monitor)  # no burst is due in the loop's first round
     assert not monitor._running
-    registry = CollectorRegistry()
-    registry.register(SelfCollector(monitor, ReloadState(), "test"))
-    text = generate_latest(registry).decode()
     values: dict[str, Any] = {
         line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("desanet_stamp_")
     }

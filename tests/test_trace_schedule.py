@@ -3,7 +3,7 @@
 With a fixed 2 traces at once, and a trace taking 3 s at a province shard's rates (through routers that
 rate-limit their ICMP errors, as Linux does: bench/trace), a shard traced 200 villages per 5-minute interval, so
 a 4,250-village shard saw each village's path every 106 minutes. Here the real scheduler loop runs on the virtual
-clock of tests/test_stamp_schedule.py, each trace holding its slot for the measured average
+clock of tests/schedule_clock.py, each trace holding its slot for the measured average
 (`trace_slot_seconds`); no packet is sent. Then: traces run in the exporter's own thread pool, so as many run at
 once as there are slots; and the schedule's health is exported shard-wide.
 """
@@ -13,25 +13,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import random
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from desanet.district import Inventory, load_inventory
 from desanet.exporter import scheduler
 from desanet.exporter.scheduler import Monitor, trace_slot_seconds, trace_slots
-from desanet.exporter.server import ReloadState, SelfCollector
-from desanet.exporter.state import VillageState
 from desanet.probes import trace as trace_probe
-from tests.test_stamp_schedule import _Clock, _province, _VirtualSelector
+from tests.schedule_clock import Clock, Run, exported_after_one_round, install_clock, province, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (217, 4250, 8500)
@@ -40,15 +35,6 @@ SIZES = (217, 4250, 8500)
 @pytest.fixture(scope="module")
 def shipped() -> Inventory:
     return load_inventory(ROOT / "inventory.yaml")
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Clock]:
-    c = _Clock()
-    monkeypatch.setattr(time, "monotonic", c.monotonic)
-    monkeypatch.setattr(time, "time", c.time)
-    monkeypatch.setattr(scheduler, "random", random.Random(16))
-    yield c
 
 
 # ------------------------------------------------------------------------------------------------ the sizing
@@ -79,67 +65,32 @@ def test_slots_are_bounded() -> None:
 
 def test_a_reload_resizes_the_slots(shipped: Inventory) -> None:
     monitor = Monitor(shipped)
-    monitor.apply_inventory(_province(shipped, 4250))
+    monitor.apply_inventory(province(shipped, 4250))
     assert monitor.trace_pool.limit == 54
-    monitor.apply_inventory(_province(shipped, 217))
+    monitor.apply_inventory(province(shipped, 217))
     assert monitor.trace_pool.limit == 3
 
 
 # ------------------------------------------------------------------------------------------------ virtual time
-def _simulate(
-    inv: Inventory, clock: _Clock, horizon: float
-) -> tuple[Monitor, dict[str, list[float]], list[float], dict[str, int]]:
-    """Run the scheduler's loop for `horizon` virtual seconds with traces only; each trace's start time per
-    village, how long each waited for a slot, and the slots' state at the end (and the most tasks ever alive)."""
-    monitor = Monitor(inv, enable={"trace"})
-    hold = trace_slot_seconds(inv.settings.trace.probes_per_hop)
-    starts: dict[str, list[float]] = {}
-    spawned: dict[str, float] = {}
-    waits: list[float] = []
-    end_state = {"tasks_peak": 0}
-    spawn = monitor._spawn
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return install_clock(monkeypatch)
 
-    def spawn_and_note(make: Any, sem: Any) -> None:
-        spawned[make.args[0].slug] = clock.mono
-        spawn(make, sem)
 
-    async def run_trace(vs: VillageState) -> str:
-        starts.setdefault(vs.slug, []).append(clock.mono)
-        waits.append(clock.mono - spawned[vs.slug])
-        await asyncio.sleep(hold)  # what a trace takes on average at a province shard's rates
-        vs.trace, vs.trace_at = object(), time.time()
-        return "ok"
-
-    async def main() -> None:
-        monitor.apply_inventory(inv)
-        monitor._run_trace = run_trace  # type: ignore[method-assign]
-        monitor._spawn = spawn_and_note  # type: ignore[method-assign]
-        loop_task = asyncio.create_task(monitor._periodic_loop())
-        end = clock.mono + horizon
-        while clock.mono < end:
-            await asyncio.sleep(1.0)
-            end_state["tasks_peak"] = max(end_state["tasks_peak"], len(monitor._running))
-        end_state.update(waiting=monitor.trace_pool.waiting, in_flight=monitor.trace_pool.in_use)
-        for t in [loop_task, *monitor._running]:
-            t.cancel()
-        await asyncio.gather(loop_task, *monitor._running, return_exceptions=True)
-
-    loop = asyncio.SelectorEventLoop(_VirtualSelector(clock))
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
-    return monitor, starts, waits, end_state
+def _simulate(inv: Inventory, clock: Clock, horizon: float) -> Run:
+    """Each trace holds its slot for what a trace takes on average at a province shard's rates."""
+    return simulate(inv, clock, horizon, "trace", trace_slot_seconds(inv.settings.trace.probes_per_hop))
 
 
 @pytest.mark.parametrize("n", [217, 4250, pytest.param(8500, marks=pytest.mark.slow)])
-def test_the_scheduler_keeps_every_village_traced_on_cadence(shipped: Inventory, clock: _Clock, n: int) -> None:
+def test_the_scheduler_keeps_every_village_traced_on_cadence(shipped: Inventory, clock: Clock, n: int) -> None:
     """Over three intervals from start: every village's first trace within the first interval, then one per
     interval (its +-10 % jitter and a few seconds' wait for a slot at most), and at the end every village
     traced within 2.5 intervals."""
-    inv = _province(shipped, n)
+    inv = province(shipped, n)
     every = inv.settings.trace.every_seconds
-    monitor, starts, waits, end = _simulate(inv, clock, 3 * every)
+    run = _simulate(inv, clock, 3 * every)
+    monitor, starts, waits = run.monitor, run.starts, run.waits
     assert len(starts) == n, f"{n - len(starts)} of {n} villages were never traced"
     first = [s[0] - (clock.mono - 3 * every) for s in starts.values()]
     assert max(first) <= every, f"a first trace came {max(first):.0f} s after start"
@@ -150,22 +101,23 @@ def test_the_scheduler_keeps_every_village_traced_on_cadence(shipped: Inventory,
     assert health.villages == health.fresh == n
     assert health.oldest_age_seconds < scheduler.TRACE_FRESH_PERIODS * every
     assert max(waits) <= 30
-    assert end["waiting"] == 0
+    assert run.waiting == 0
 
 
-def test_the_old_fixed_two_could_not(shipped: Inventory, clock: _Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_old_fixed_two_could_not(shipped: Inventory, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same run with the slots pinned to the old 2: most villages of a 4,250-village shard are never traced,
     the schedule says so, and a village's trace is never queued twice."""
     monkeypatch.setattr(scheduler, "trace_slots", lambda *_: 2)
-    inv = _province(shipped, 4250)
+    inv = province(shipped, 4250)
     every = inv.settings.trace.every_seconds
-    monitor, starts, _waits, end = _simulate(inv, clock, 3 * every)
+    run = _simulate(inv, clock, 3 * every)
+    monitor, starts = run.monitor, run.starts
     health = monitor.trace_health
     assert len(starts) < 0.2 * 4250  # 2 slots x 900 s / 3 s = 600 traces in three intervals
     assert health.fresh < 0.2 * health.villages
     assert health.oldest_age_seconds >= 3 * every
-    assert end["in_flight"] == 2 and end["waiting"] > 0.8 * 4250  # what the alert sees: traces wait
-    assert end["tasks_peak"] <= 4250  # one per village waits, not one per village per interval
+    assert run.in_flight == 2 and run.waiting > 0.8 * 4250  # what the alert sees: traces wait
+    assert run.tasks_peak <= 4250  # one per village waits, not one per village per interval
 
 
 # ------------------------------------------------------------------------------------------------ the threads
@@ -229,18 +181,8 @@ def test_the_schedule_is_exported_shard_wide_and_passes_promtool(shipped: Invent
             vs.trace, vs.trace_at = object(), now - 120
         elif i % 2:
             vs.trace, vs.trace_at = object(), now - 3 * 300  # traced, but not within 2.5 intervals
-
-    async def one_round() -> None:  # the loop takes stock once a second; no trace is due in its first seconds
-        task = asyncio.create_task(monitor._periodic_loop())
-        await asyncio.sleep(0.1)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(one_round())
+    text = exported_after_one_round(monitor)  # no trace is due in the loop's first seconds
     assert not monitor._running
-    registry = CollectorRegistry()
-    registry.register(SelfCollector(monitor, ReloadState(), "test"))
-    text = generate_latest(registry).decode()
     mine = [line for line in text.splitlines() if line.startswith("desanet_trace_")]
     values = {line.split()[0]: float(line.split()[1]) for line in mine}
     n = len(shipped.villages)
