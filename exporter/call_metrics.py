@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from desanet.exporter.exposition import FamilySpec, LineBuilder, labels
+from desanet.exporter.exposition import FamilySpec, LineBuilder, labels, render_families
 from desanet.verdict.call_outcome import OUTCOMES, CallOutcome
 
 F = FamilySpec
@@ -119,10 +119,4 @@ def render(
     for reason in REFUSAL_REASONS:
         totals.sample(REFUSALS, refusals.get(reason, 0), labels({"reason": reason}))
     built.append(totals)
-    out: list[str] = []
-    for spec in SPECS:
-        lines = [line for b in built for line in b.out.get(spec.name, ())]
-        if lines:
-            out.append(spec.header())
-            out.extend(lines)
-    return "".join(out)
+    return render_families(SPECS, built)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -84,6 +84,19 @@ class LineBuilder:
         braces = f"{{{lbl}}}" if lbl else ""
         lines.append(f"{family.name}_sum{braces} {number(total)}\n")
         lines.append(f"{family.name}_count{braces} {cum}\n")
+
+
+def render_families(specs: Iterable[FamilySpec], built: Sequence[LineBuilder]) -> str:
+    """Each family of `specs` in their order, its header then every builder's lines for it; a family without a
+    line is left out, header and all, so the text names only what was measured. For output rendered whole
+    (a /probe answer, the rehearsal calls); `Exposition` keeps the villages' fragments between scrapes."""
+    out: list[str] = []
+    for spec in specs:
+        lines = [line for b in built for line in b.out.get(spec.name, ())]
+        if lines:
+            out.append(spec.header())
+            out.extend(lines)
+    return "".join(out)
 
 
 @dataclass

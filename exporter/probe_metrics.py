@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from desanet.exporter.exposition import FamilySpec, LineBuilder
+from desanet.exporter.exposition import FamilySpec, LineBuilder, render_families
 from desanet.exporter.metrics import (
     IF_ERRORS,
     IF_RX,
@@ -65,13 +65,7 @@ def render_probe(module: str, result: Any, success: bool, duration: float) -> st
     b.sample(PROBE_DURATION, duration)
     if result is not None:
         _module_lines(b, module, result)
-    out = []
-    for spec in SPECS:
-        lines = b.out.get(spec.name)
-        if lines:
-            out.append(spec.header())
-            out.extend(lines)
-    return "".join(out)
+    return render_families(SPECS, [b])
 
 
 def _module_lines(b: LineBuilder, module: str, r: Any) -> None:
