@@ -7,11 +7,11 @@ and id, and every query goes through `query()` with its refId.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from grafana_foundation_sdk.builders import dashboard, prometheus
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
@@ -95,15 +95,20 @@ class Grid:
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
-def verdict_mappings() -> list[dm.ValueMapping]:
+def value_mappings(shown: Mapping[int, tuple[str, str]]) -> list[dm.ValueMapping]:
+    """A number shown as its word in its colour, {value: (text, colour)}: a verdict's rank, a call's outcome."""
     return [
         dm.ValueMap(
             options={
-                str(rank): dm.ValueMappingResult(text=text, color=VERDICT_COLOUR[rank], index=rank)
-                for rank, text in VERDICT_TEXT.items()
+                str(value): dm.ValueMappingResult(text=text, color=colour, index=value)
+                for value, (text, colour) in shown.items()
             }
         )
     ]
+
+
+def verdict_mappings() -> list[dm.ValueMapping]:
+    return value_mappings({rank: (text, VERDICT_COLOUR[rank]) for rank, text in VERDICT_TEXT.items()})
 
 
 def verdict_thresholds() -> dashboard.ThresholdsConfig:
@@ -124,6 +129,13 @@ def thresholds_colour() -> dashboard.FieldColor:
 
 def fixed_colour(colour: str) -> dashboard.FieldColor:
     return dashboard.FieldColor().mode(dm.FieldColorModeId.FIXED).fixed_color(colour)
+
+
+def coloured_stat(p: stat.Panel, colours: dashboard.ThresholdsConfig | None) -> stat.Panel:
+    """A stat's value coloured at its limits, or plain text where it has none (no green that says "fine")."""
+    if colours is None:
+        return p.color_scheme(fixed_colour("text"))
+    return p.thresholds(colours).color_scheme(thresholds_colour())
 
 
 def prop(key: str, value: object) -> dm.DynamicConfigValue:

@@ -27,12 +27,13 @@ from desanet.dashboards.panels import (
     AT_RISK_COLOUR,
     NOT_READY_COLOUR,
     Grid,
-    fixed_colour,
+    coloured_stat,
     higher_is_worse,
     lower_is_worse,
     query,
     steps,
     thresholds_colour,
+    value_mappings,
 )
 from desanet.dashboards.promql import ONE_VILLAGE, VERDICT_COLOUR, sel
 from desanet.verdict.call_outcome import OUTCOMES, Limits
@@ -93,20 +94,11 @@ def figure(title: str, description: str, metric: str, unit: str, colours: Any = 
         .unit(unit)
         .color_mode(cm.BigValueColorMode.VALUE)
     )
-    if colours is None:
-        return p.color_scheme(fixed_colour("text"))
-    return p.thresholds(colours).color_scheme(thresholds_colour())
+    return coloured_stat(p, colours)
 
 
 def outcome_mappings() -> list[dm.ValueMapping]:
-    return [
-        dm.ValueMap(
-            options={
-                str(value): dm.ValueMappingResult(text=name, color=OUTCOME_COLOUR[name], index=value)
-                for name, value in OUTCOME_VALUE.items()
-            }
-        )
-    ]
+    return value_mappings({value: (name, OUTCOME_COLOUR[name]) for name, value in OUTCOME_VALUE.items()})
 
 
 def outcome_thresholds() -> Any:

@@ -26,8 +26,8 @@ from desanet.dashboards.panels import (
     Table,
     board,
     coloured,
+    coloured_stat,
     factor_thresholds,
-    fixed_colour,
     limit_line,
     lower_is_worse,
     prop,
@@ -150,9 +150,7 @@ def small_stat(title: str, description: str, expr: str, legend: str, unit: str, 
         .graph_mode(cm.BigValueGraphMode.AREA)
         .color_mode(cm.BigValueColorMode.VALUE)
     )
-    if colours is None:
-        return p.color_scheme(fixed_colour("text"))
-    return p.thresholds(colours).color_scheme(thresholds_colour())
+    return coloured_stat(p, colours)
 
 
 # ------------------------------------------------------------------------------------------------ now
