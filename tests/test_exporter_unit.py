@@ -213,9 +213,11 @@ def test_shared_constants_are_rendered_once_from_the_verdicts_limits() -> None:
     out = render_shared(inv).out
     lines = out["desanet_profile_threshold"]
     assert len(lines) == len(inv.profiles) * len(rd.FACTORS) * 2
-    assert 'desanet_profile_threshold{profile="meet-hd",factor="rtt",level="at_risk"} 0.1\n' in lines
-    assert 'desanet_profile_threshold{profile="meet-hd",factor="rtt",level="not_ready"} 0.15\n' in lines
-    assert 'desanet_profile_threshold{profile="meet-hd",factor="down",level="not_ready"} 400000\n' in lines
+    # meet-hd's calibrated limits (docs/readiness.md): RTT 200/400 ms (was 100/150); download at risk below
+    # 1.25 x 3.2 Mbit/s = 500,000 bytes/s as before, not ready only below half of 3.2 Mbit/s (was all of it).
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="rtt",level="at_risk"} 0.2\n' in lines
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="rtt",level="not_ready"} 0.4\n' in lines
+    assert 'desanet_profile_threshold{profile="meet-hd",factor="down",level="not_ready"} 200000\n' in lines
     assert 'desanet_profile_threshold{profile="meet-hd",factor="down",level="at_risk"} 500000\n' in lines
     assert len(out["desanet_session_duration_seconds"]) == len(inv.sessions)
     assert all("village=" not in line for line in lines)

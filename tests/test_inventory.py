@@ -229,16 +229,18 @@ def test_shipped_inventory() -> None:
     assert SHIPPED.read_text(encoding="utf-8").startswith("# yaml-language-server: $schema=./inventory.schema.json\n")
 
 
-def test_default_profiles_follow_anchors_section_7() -> None:
-    """Ready below Teams' targets (RTT 100 ms, jitter 30 ms, loss 1 %); not ready from G.114's 150 ms, 40 ms, 3 %."""
+def test_default_profiles_are_the_calibrated_ones() -> None:
+    """Ready up to RTT 200 ms, jitter 30 ms, round-trip loss 3 %; not ready beyond 400 ms, 40 ms, 20 %. RTT and loss
+    were Teams' 100 ms / 1 % and G.114's 150 ms / 3 % until the calibration against real calls through the lab
+    (docs/readiness.md) showed calls holding well past them; jitter's 30/40 ms stayed (no call disagreed)."""
     by_name = {p.name: p for p in DEFAULT_PROFILES}
     assert (by_name["meet-hd"].min_down_mbit, by_name["meet-hd"].min_up_mbit) == (3.2, 3.2)
     assert (by_name["teams-meeting"].min_down_mbit, by_name["teams-meeting"].min_up_mbit) == (4.0, 4.0)
     assert (by_name["zoom-gallery"].min_down_mbit, by_name["zoom-gallery"].min_up_mbit) == (1.5, 1.5)
     assert (by_name["zoom-1080p"].min_down_mbit, by_name["zoom-1080p"].min_up_mbit) == (2.5, 3.0)
     for p in DEFAULT_PROFILES:
-        assert (p.max_rtt_ms, p.max_jitter_ms, p.max_loss_pct) == (100, 30, 1)
-        assert (p.fail_rtt_ms, p.fail_jitter_ms, p.fail_loss_pct) == (150, 40, 3)
+        assert (p.max_rtt_ms, p.max_jitter_ms, p.max_loss_pct) == (200, 30, 3)
+        assert (p.fail_rtt_ms, p.fail_jitter_ms, p.fail_loss_pct) == (400, 40, 20)
         assert p.dscp == 34
     shipped = load_inventory(SHIPPED)
     assert shipped.profiles == [
