@@ -164,37 +164,40 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "id": "hingga {value} paket hilang dalam 200 ms (di atas {fail}): kata-kata utuh akan hilang tanpa suara",
     },
     "why_down_warn": {
-        "en": "download {value} is just above the {fail} minimum, below the {limit} that leaves a safe margin: "
+        "en": "download {value} is below the {limit} that leaves a safe margin over the {need} this profile needs: "
               "incoming video may drop to low quality",
-        "id": "unduh {value} hanya sedikit di atas minimum {fail}, di bawah {limit} yang memberi cadangan aman: "
+        "id": "unduh {value} di bawah {limit} yang memberi cadangan aman di atas {need} yang dibutuhkan profil ini: "
               "kualitas video yang masuk bisa turun",
     },
     "why_down_fail": {
-        "en": "download {value} is below the {fail} this profile needs: incoming video will be blurred or stop",
-        "id": "unduh {value} di bawah {fail} yang dibutuhkan profil ini: video yang masuk akan buram atau berhenti",
+        "en": "download {value} is below {fail}, well short of the {need} this profile needs: incoming video will "
+              "be blurred or stop",
+        "id": "unduh {value} di bawah {fail}, jauh di bawah {need} yang dibutuhkan profil ini: video yang masuk "
+              "akan buram atau berhenti",
     },
     "why_up_warn": {
-        "en": "upload {value} is just above the {fail} minimum, below the {limit} that leaves a safe margin: "
+        "en": "upload {value} is below the {limit} that leaves a safe margin over the {need} this profile needs: "
               "the others may see us in low quality",
-        "id": "unggah {value} hanya sedikit di atas minimum {fail}, di bawah {limit} yang memberi cadangan aman: "
-              "peserta lain bisa melihat kita dengan kualitas rendah",
+        "id": "unggah {value} di bawah {limit} yang memberi cadangan aman di atas {need} yang dibutuhkan profil "
+              "ini: peserta lain bisa melihat kita dengan kualitas rendah",
     },
     "why_up_fail": {
-        "en": "upload {value} is below the {fail} this profile needs: the others will see us blurred or frozen",
-        "id": "unggah {value} di bawah {fail} yang dibutuhkan profil ini: peserta lain akan melihat kita buram "
-              "atau macet",
+        "en": "upload {value} is below {fail}, well short of the {need} this profile needs: the others will see us "
+              "blurred or frozen",
+        "id": "unggah {value} di bawah {fail}, jauh di bawah {need} yang dibutuhkan profil ini: peserta lain akan "
+              "melihat kita buram atau macet",
     },
     "why_headroom_warn": {
-        "en": "only {value} is free on the router port, little more than the {fail} the call needs: other "
-              "traffic is filling the link",
-        "id": "hanya {value} yang tersisa di port router, sedikit di atas {fail} yang dibutuhkan panggilan: lalu "
-              "lintas lain memenuhi koneksi",
+        "en": "only {value} is free on the router port, less than the {limit} that leaves a safe margin over the "
+              "{need} the call needs: other traffic is filling the link",
+        "id": "hanya {value} yang tersisa di port router, kurang dari {limit} yang memberi cadangan aman di atas "
+              "{need} yang dibutuhkan panggilan: lalu lintas lain memenuhi koneksi",
     },
     "why_headroom_fail": {
-        "en": "only {value} is free on the router port, less than the {fail} the call needs: other traffic is "
-              "filling the link",
-        "id": "hanya {value} yang tersisa di port router, kurang dari {fail} yang dibutuhkan panggilan: lalu "
-              "lintas lain memenuhi koneksi",
+        "en": "only {value} is free on the router port, less than {fail}, well short of the {need} the call needs: "
+              "other traffic is filling the link",
+        "id": "hanya {value} yang tersisa di port router, kurang dari {fail}, jauh di bawah {need} yang dibutuhkan "
+              "panggilan: lalu lintas lain memenuhi koneksi",
     },
     "why_ready": {
         "en": "every measured figure is within what this profile needs; the closest to its limit is {factor}: "
