@@ -1,4 +1,4 @@
-"""How long one refresh of the NOC overview and the sessions board takes Prometheus, at district scale.
+"""How long one refresh of the NOC overview and the sessions board takes Prometheus, at district or province scale.
 
 Not a test: it prints the figures docs/performance.md quotes. No root, no lab, no network beyond 127.0.0.1:
 
@@ -8,25 +8,33 @@ Not a test: it prints the figures docs/performance.md quotes. No root, no lab, n
    desanet's own renderer writes them out (exporter.metrics.render_village), one scrape every `--step` seconds,
    as OpenMetrics with timestamps. `--rev` runs an older commit's code the same way (git archive into a
    temporary directory), so "before" and "after" come from each version's own output, dashboards and rules.
+   `--jobs N` splits the villages over N worker processes (the simulation is Python: one core each).
 2. Backfills them into a TSDB (`promtool tsdb create-blocks-from openmetrics`), starts Prometheus on it
    (127.0.0.1, nothing scraped), and backfills the recording rules the dashboards read from it
    (`promtool tsdb create-blocks-from rules`, in dependency order: a rule over another rule's output needs that
-   output in the TSDB first), restarting Prometheus after each level.
-3. Sends every query of each dashboard the way Grafana 11 does for one refresh (variables at All, or one
+   output in the TSDB first), restarting Prometheus after each level. `--rules read` backfills only the rules
+   the dashboards read (and the rules those read); `--rules-interval` evaluates them less often than every
+   15 s. Both are for province scale, where evaluating every rule every 15 s over a day takes hours here.
+3. Waits until Prometheus is idle (its first compaction, a minute after start, merges the overlapping blocks),
+   then sends every query of each dashboard the way Grafana 11 does for one refresh (variables at All, or one
    village; range queries over the dashboard's time range with Grafana's step; instant queries at the end) to
    Prometheus' HTTP API with `stats=all`, one after the other, and sums Prometheus' own execution time
    (execTotalTime) per dashboard; three refreshes, the median.
 
     python bench/dashboards/bench_dashboards.py --villages 217 --hours 24 --json after.json
     python bench/dashboards/bench_dashboards.py --villages 217 --hours 24 --rev HEAD~5 --json before.json
+    python bench/dashboards/bench_dashboards.py --villages 8500 --kecamatan 38 --hours 24 --step 150 --jobs 2 \
+        --rules read --rules-interval 60 --keep /var/tmp/desanet-bd8500 --json results-8500.json
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -47,7 +55,19 @@ from zoneinfo import ZoneInfo
 
 HERE = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?:[.:][^}]*)?\}|(\w+))")  # $name, ${name}, ${name:format}
-CHUNK_SECONDS = 7200  # one OpenMetrics file (and one TSDB block) per 2 h of simulated time
+NORMALS = 1 << 18  # standard normal draws the echoes' RTTs are taken from (District.echoes)
+CHUNK_SECONDS = 7200
+BACKFILL_OPTIONS = (
+    "villages",
+    "kecamatan",
+    "hours",
+    "step",
+    "jobs",
+    "rules",
+    "rules_interval",
+    "prototypes",
+    "seed",
+)  # one OpenMetrics file (and one TSDB block) per 2 h of simulated time
 SESSIONS = """sessions:
   - title: Rapat koordinasi Bupati dan kepala desa
     start: 2026-12-01T13:00:00
@@ -85,15 +105,24 @@ def load_code(rev: str | None, keep: list[tempfile.TemporaryDirectory[str]]) -> 
     return root
 
 
+_FIELDS: dict[Any, list[tuple[str, bool]]] = {}
+
+
 def make(cls: Any, **known: Any) -> Any:
     """A result dataclass from the fields this version has; fields it has and we do not know are None (so one
     simulation feeds old and new code alike)."""
+    fields = _FIELDS.get(cls)
+    if fields is None:  # dataclasses.fields() per call was a tenth of the simulation at 8,500 villages
+        fields = _FIELDS[cls] = [
+            (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        ]
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in known:
-            kwargs[f.name] = known[f.name]
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            kwargs[f.name] = None
+    for name, required in fields:
+        if name in known:
+            kwargs[name] = known[name]
+        elif required:
+            kwargs[name] = None
     return cls(**kwargs)
 
 
@@ -134,9 +163,13 @@ class Behaviour:
 
 
 class District:
-    """Every village's state, advanced a step at a time and rendered by the code under test."""
+    """Every village's state, advanced a step at a time and rendered by the code under test. With `parts` > 1
+    this one advances and renders only every parts-th village from `part` (one worker's share); the villages'
+    behaviour is drawn for the whole district either way, the per-step noise from the part's own seed."""
 
-    def __init__(self, villages: int, kecamatan: int, seed: int) -> None:
+    def __init__(
+        self, villages: int, kecamatan: int, seed: int, part: int = 0, parts: int = 1, prototypes: int = 0
+    ) -> None:
         from desanet.district import parse_inventory
         from desanet.district.synth import synth_inventory
         from desanet.exporter import metrics
@@ -150,11 +183,92 @@ class District:
         self.tz = ZoneInfo(self.inv.timezone)
         rng = random.Random(seed)
         self.behaviour = {slug: Behaviour.draw(rng) for slug in self.monitor.villages}
-        self.rng = random.Random(seed + 1)
+        self.rng = random.Random(seed + 1 + part)
+        # Echo RTTs are rtt + jitter × z for a run of z from this table of standard normal draws, at a random
+        # offset: one multiply-add an echo instead of random.gauss (a third of the simulation at one echo a
+        # second); every village reads its own runs, and no query depends on the noise being fresher than that.
+        table = random.Random(seed + 2)
+        self.normals = [table.gauss(0.0, 1.0) for _ in range(NORMALS)]
         self.octets: dict[str, int] = dict.fromkeys(self.monitor.villages, 0)
+        self.part = part
+        slugs = list(self.monitor.villages)
+        # With `prototypes` P (a multiple of the kecamatan count), village i is written with the values of
+        # village i mod P, which is in the same kecamatan (synth deals villages round-robin), so it has the same
+        # sessions and profiles: only P villages go through the scheduler and renderer, each of the others is
+        # that text with its own labels (village, name, router, position). Series, labels and samples are the
+        # district's; values repeat every P villages.
+        p = prototypes if 0 < prototypes < len(slugs) else len(slugs)
+        if p < len(slugs) and p % min(kecamatan, villages):
+            raise SystemExit(f"--prototypes must be a multiple of the kecamatan count ({min(kecamatan, villages)})")
+        self.slugs = slugs[:p][part::parts]
+        self.copies: dict[str, list[tuple[tuple[str, str], ...]]] = {}
+        if p < len(slugs):
+            info = {slug: self._info_labels(self.monitor.villages[slug]) for slug in slugs}
+            for i, slug in enumerate(slugs[p:], p):
+                proto = slugs[i % p]
+                a, b = self.monitor.villages[proto], self.monitor.villages[slug]
+                self.copies.setdefault(proto, []).append(
+                    ((info[proto], info[slug]), ("{" + a.base_labels, "{" + b.base_labels))
+                )
+        self.bulk_icmp = self._bulk_matches()
+
+    def _info_labels(self, vs: Any) -> str:
+        """The labels of a village's desanet_village_info line, as this version renders them."""
+        line = self.metrics.render_village(vs, time.time()).out[self.metrics.VILLAGE_INFO.name][0]
+        return line[line.index("{") : line.rindex("}") + 1]
+
+    def _bulk_matches(self) -> bool:
+        """Whether this version's VillageState.observe_rtt only counts (sent, received, histogram), so a step's
+        echoes can be counted in one go (3 times faster at one echo a second); checked on two scratch states."""
+        from desanet.exporter import state
+
+        vs = next(iter(self.monitor.villages.values()))
+        if not hasattr(state, "RTT_BUCKETS") or not hasattr(vs, "hist"):
+            return False
+        a, b = state.VillageState.create(vs.village), state.VillageState.create(vs.village)
+        rtts = [0.0005, None, 0.001, 0.0123, 0.03, None, 2.5, 0.001]
+        for r in rtts:
+            a.observe_rtt("icmp", r)
+        try:
+            self._observe_icmp(b, rtts, [r for r in rtts if r is not None])
+        except (AttributeError, TypeError):
+            return False
+        return bool((a.sent, a.received, a.hist) == (b.sent, b.received, b.hist))
+
+    @staticmethod
+    def _observe_icmp(vs: Any, rtts: list[float | None], got: list[float]) -> None:
+        """What observe_rtt("icmp", r) does for each r, in one go (same counts, same float sum order)."""
+        from desanet.exporter.state import RTT_BUCKETS, Histogram
+
+        vs.sent["icmp"] = vs.sent.get("icmp", 0) + len(rtts)
+        if not got:
+            return
+        vs.received["icmp"] = vs.received.get("icmp", 0) + len(got)
+        h = vs.hist.setdefault("icmp", Histogram())
+        counts, total = h.counts, h.total
+        for r in got:
+            counts[bisect.bisect_left(RTT_BUCKETS, r)] += 1
+            total += r
+        h.total = total
+
+    def echoes(self, n: int, rtt: float, jitter: float, loss: float) -> tuple[list[float | None], list[float]]:
+        """n echoes' round-trip times (None: lost) and the answered ones."""
+        rng = self.rng
+        if loss >= 1:
+            return [None] * n, []
+        if n > NORMALS // 4:
+            got = [max(0.0002, rng.gauss(rtt, jitter)) for _ in range(n)]
+        else:
+            o = rng.randrange(NORMALS - n)
+            got = [r if r > 0.0002 else 0.0002 for r in [rtt + jitter * z for z in self.normals[o : o + n]]]
+        if loss <= 0:
+            return list(got), got
+        rtts: list[float | None] = [None if rng.random() < loss else r for r in got]
+        return rtts, [r for r in rtts if r is not None]
 
     def step(self, t: float, step: float) -> dict[str, list[str]]:
-        """Advance every village to time t and render it: family name -> sample lines (no timestamps)."""
+        """Advance every village to time t and render it: family name -> sample lines (no timestamps; a
+        village copied from a prototype is one string of several lines)."""
         from desanet.probes.icmp import IcmpResult
         from desanet.probes.snmp import SnmpInterface, SnmpOptic, SnmpResult
         from desanet.probes.stamp import DirectionResult as StampDirection
@@ -168,13 +282,17 @@ class District:
         hour = local.hour + local.minute / 60
         out: dict[str, list[str]] = {}
         rng = self.rng
-        for slug, vs in self.monitor.villages.items():
+        villages = self.monitor.villages
+        for slug in self.slugs:
+            vs = villages[slug]
             rtt, jitter, loss = self.behaviour[slug].at(hour)
             n = max(1, int(step))  # one echo a second
-            rtts = [None if rng.random() < loss else max(0.0002, rng.gauss(rtt, jitter)) for _ in range(n)]
-            for r in rtts:
-                vs.observe_rtt("icmp", r)
-            got = [r for r in rtts if r is not None]
+            rtts, got = self.echoes(n, rtt, jitter, loss)
+            if self.bulk_icmp:
+                self._observe_icmp(vs, rtts, got)
+            else:
+                for r in rtts:
+                    vs.observe_rtt("icmp", r)
             vs.icmp_window = make(
                 IcmpResult,
                 target=vs.village.address,
@@ -322,10 +440,16 @@ class District:
                 vs.throughput_bytes += 6_000_000
                 vs.status("throughput").record(True, 4.0)
             self.monitor.evaluate(vs, local)
+            copies = self.copies.get(slug)
             for name, lines in self.metrics.render_village(vs, t).out.items():
-                out.setdefault(name, []).extend(lines)
+                family = out.setdefault(name, [])
+                family.extend(lines)
+                if copies:
+                    text = "".join(lines)
+                    for (info, info_copy), (base, base_copy) in copies:
+                        family.append(text.replace(info, info_copy).replace(base, base_copy))
         shared = getattr(self.metrics, "render_shared", None)
-        if shared is not None:
+        if shared is not None and self.part == 0:  # once for the district, as one exporter renders it
             for name, lines in shared(self.inv).out.items():
                 out.setdefault(name, []).extend(lines)
         return out
@@ -356,6 +480,20 @@ def stamp_lines(lines: list[str], t: float) -> Iterator[str]:
         yield f"{head} {value} {t:.3f}\n"
 
 
+TARGET_LABELS = ',instance="desanet:9917",job="desanet"}'
+
+
+def stamp_block(lines: list[str], t: float) -> str:
+    """stamp_lines for one family's lines of one scrape, as one string: two str.replace calls instead of a
+    Python loop a line (the same text; it was a fifth of the time at 8,500 villages). Every rendered line has
+    labels, so each holds one "} " (before its value) and one newline; if the counts say otherwise, the loop."""
+    text = "".join(lines)
+    n = text.count("\n")
+    if text.count("} ") != n or text.count("{") != n:
+        return "".join(stamp_lines(text.splitlines(keepends=True), t))
+    return text.replace("} ", TARGET_LABELS[:-1] + "} ").replace("\n", f" {t:.3f}\n")
+
+
 # ------------------------------------------------------------------------------------------------ Prometheus
 class Prometheus:
     def __init__(self, tsdb: Path, work: Path) -> None:
@@ -380,6 +518,7 @@ class Prometheus:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=3650d",
                 "--query.max-samples=200000000",
+                "--query.timeout=1h",  # a rule's 2 h backfill query at 8,500 villages outlasted the default 2 min
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -393,6 +532,30 @@ class Prometheus:
             except OSError:
                 time.sleep(0.5)
         raise SystemExit("Prometheus did not become ready; see prometheus.log")
+
+    def metric(self, name: str) -> float:
+        """One sample of Prometheus' own /metrics (0 when absent)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=30) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return 0.0
+
+    def settle(self, limit: float = 3600) -> tuple[float, int]:
+        """Wait until Prometheus is idle, so the timing does not share the CPU with it: a minute after start its
+        TSDB compacts (merging overlapping blocks, the rules' and the workers', at 8,500 villages for minutes).
+        Idle: the first compaction has begun, and in the last 15 s under 0.3 s of CPU went and the count of
+        loaded blocks did not change. (seconds waited, blocks)."""
+        t0 = time.monotonic()
+        prev = (self.metric("process_cpu_seconds_total"), self.metric("prometheus_tsdb_blocks_loaded"))
+        while time.monotonic() - t0 < limit:
+            time.sleep(15)
+            cur = (self.metric("process_cpu_seconds_total"), self.metric("prometheus_tsdb_blocks_loaded"))
+            triggered = self.metric("prometheus_tsdb_compactions_triggered_total") >= 1
+            if triggered and cur[0] - prev[0] < 0.3 and cur[1] == prev[1]:
+                break
+            prev = cur
+        return time.monotonic() - t0, int(self.metric("prometheus_tsdb_blocks_loaded"))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -416,19 +579,41 @@ class Prometheus:
         return body
 
 
-def rule_levels(rules_file: Path) -> list[dict[str, Any]]:
+def uses(expr: str, name: str) -> bool:
+    return re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", expr) is not None
+
+
+def rule_levels(rules_file: Path, read_by: str | None = None) -> list[dict[str, Any]]:
     """The recording rules, split into files by dependency: level 0 reads only exported series, level n reads
-    rules of levels below n. Each keeps its group (and so its evaluation interval)."""
+    rules of levels below n. Each keeps its group (and so its evaluation interval). With `read_by` (the
+    dashboards' text), only the rules it names and the rules those read, and so on."""
     import yaml
 
     doc = yaml.safe_load(rules_file.read_text())
     recorded = {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
+    if read_by is not None:
+        wanted = {name for name in recorded if uses(read_by, name)}
+        while True:
+            more = {
+                name
+                for g in doc["groups"]
+                for r in g["rules"]
+                if r.get("record") in wanted
+                for name in recorded
+                if uses(r["expr"], name)
+            }
+            if more <= wanted:
+                break
+            wanted |= more
+        for g in doc["groups"]:
+            g["rules"] = [r for r in g["rules"] if r.get("record") in wanted]
+        recorded = wanted
     level: dict[str, int] = {}
     pending = [(g, r) for g in doc["groups"] for r in g["rules"] if "record" in r]
     while pending:
         progress = False
         for g, r in list(pending):
-            deps = {name for name in recorded if re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", r["expr"])}
+            deps = {name for name in recorded if uses(r["expr"], name)}
             deps.discard(r["record"])
             if all(d in level for d in deps):
                 # A name recorded by several rules (one per label set) takes the deepest of them.
@@ -547,28 +732,56 @@ def all_values(board: dict[str, Any], one_village: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def backfill_exports(
-    district: District, specs: list[Any], tsdb: Path, work: Path, start: float, end: float, step: float
-) -> tuple[int, int]:
-    """Render the district scrape by scrape into OpenMetrics files of 2 h and turn each into TSDB blocks;
-    (samples, series in the last scrape)."""
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One worker's share of the export backfill (`--jobs`): every parts-th village, into its own directory."""
+
+    villages: int
+    kecamatan: int
+    seed: int
+    part: int
+    parts: int
+    out: Path
+    start: float
+    end: float
+    step: float
+    max_chars: int
+    prototypes: int
+
+
+def backfill_part(job: Part) -> tuple[int, int]:
+    """Render this part's villages scrape by scrape into OpenMetrics files (each inside one 2 h block range,
+    and at most `max_chars` of text, so memory stays bounded) and turn each into TSDB blocks in job.out;
+    (samples, series in the last scrape). Several files for one 2 h range give overlapping blocks, which
+    Prometheus merges (vertical compaction), as it does the rules' blocks."""
+    from desanet.exporter.metrics import SPECS
+
+    district = District(job.villages, job.kecamatan, job.seed, job.part, job.parts, job.prototypes)
+    job.out.mkdir(parents=True, exist_ok=True)
     samples = series = 0
-    t = start
-    while t < end:
+    t = job.start
+    n = 0
+    while t < job.end:
+        block_end = min(job.end, (t // CHUNK_SECONDS + 1) * CHUNK_SECONDS)
         chunk: dict[str, list[str]] = {}
-        chunk_end = min(end, t + CHUNK_SECONDS)
-        while t < chunk_end:
-            rendered = district.step(t, step)
+        chars = 0
+        while t < block_end and chars < job.max_chars:
+            rendered = district.step(t, job.step)
+            series = 0
             for name, lines in rendered.items():
-                chunk.setdefault(name, []).extend(stamp_lines(lines, t))
-            series = sum(len(lines) for lines in rendered.values())
-            t += step
-        path = work / "chunk.om"
+                text = stamp_block(lines, t)
+                chunk.setdefault(name, []).append(text)
+                chars += len(text)
+                series += text.count("\n")
+            samples += series
+            t += job.step
+        path = job.out / f"chunk-{n}.om"
+        n += 1
         with path.open("w") as fh:
-            fh.writelines(openmetrics(specs, chunk))
-        samples += sum(len(v) for v in chunk.values())
+            fh.writelines(openmetrics(SPECS, chunk))
+        del chunk
         subprocess.run(
-            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(path), str(tsdb)],
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(path), str(job.out)],
             check=True,
             capture_output=True,
         )
@@ -576,22 +789,63 @@ def backfill_exports(
     return samples, series
 
 
-def backfill_rules(prom: Prometheus, rules_file: Path, tsdb: Path, work: Path, start: float, end: float) -> None:
-    """Evaluate the recording rules over the backfilled span, level by level, into the TSDB."""
-    for n, level in enumerate(rule_levels(rules_file)):
-        level_file = work / f"rules-{n}.yml"
-        level_file.write_text(json.dumps(level))
-        out = work / f"rules-{n}"
-        shutil.rmtree(out, ignore_errors=True)
-        subprocess.run(
-            ["promtool", "tsdb", "create-blocks-from", "rules", f"--start={start:.0f}", f"--end={end:.0f}",
-             f"--url={prom.url}", f"--output-dir={out}", "--eval-interval=15s", str(level_file)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        prom.stop()
-        for block in out.iterdir():
+def backfill_exports(jobs: list[Part], tsdb: Path) -> tuple[int, int]:
+    """Run the parts (in worker processes when there are several: the simulation is Python, one core each)
+    and move their blocks into the TSDB; (samples, series)."""
+    if len(jobs) == 1:
+        results = [backfill_part(jobs[0])]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("fork")  # the workers inherit the imported code (--rev) as it is
+        with ProcessPoolExecutor(len(jobs), mp_context=ctx) as pool:
+            results = list(pool.map(backfill_part, jobs))
+    for job in jobs:
+        for block in job.out.iterdir():
             if block.is_dir():
                 shutil.move(str(block), tsdb / block.name)
+        shutil.rmtree(job.out)
+    return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def backfill_rules(
+    prom: Prometheus, levels: list[dict[str, Any]], tsdb: Path, work: Path, start: float, end: float,
+    interval: float, jobs: int,
+) -> None:  # fmt: skip
+    """Evaluate the recording rules over the backfilled span, level by level, into the TSDB; groups without
+    their own interval every `interval` seconds; a level's rules split over `jobs` promtool processes (each
+    query runs on one core in Prometheus)."""
+    for n, level in enumerate(levels):
+        rules = [(g, r) for g in level["groups"] for r in g["rules"]]
+        procs = []
+        outs = []
+        for k in range(min(jobs, len(rules))):
+            mine = rules[k::jobs]
+            groups = []
+            for g in level["groups"]:
+                rs = [r for gg, r in mine if gg is g]
+                if rs:
+                    groups.append({key: v for key, v in g.items() if key != "rules"} | {"rules": rs})
+            level_file = work / f"rules-{n}-{k}.yml"
+            level_file.write_text(json.dumps({"groups": groups}))
+            out = work / f"rules-{n}-{k}"
+            shutil.rmtree(out, ignore_errors=True)
+            outs.append(out)
+            procs.append(subprocess.Popen(
+                ["promtool", "tsdb", "create-blocks-from", "rules", f"--start={start:.0f}", f"--end={end:.0f}",
+                 f"--url={prom.url}", f"--output-dir={out}", f"--eval-interval={interval:g}s", str(level_file)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            ))  # fmt: skip
+        for proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"promtool rules backfill failed: {err.decode()[-2000:]}")
+        prom.stop()
+        for out in outs:
+            for block in out.iterdir():
+                if block.is_dir():
+                    shutil.move(str(block), tsdb / block.name)
         prom.start()
 
 
@@ -608,7 +862,42 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="time the queries on --keep's TSDB again, no backfill")
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--jobs", type=int, default=1, help="simulate in this many processes, each a share of the villages")
+    ap.add_argument(
+        "--max-chunk-mb", type=int, default=1000, help="OpenMetrics text a worker holds before backfilling it"
+    )
+    ap.add_argument(
+        "--prototypes",
+        type=int,
+        default=0,
+        help="simulate this many villages (a multiple of --kecamatan) and write the others as relabelled copies",
+    )
+    ap.add_argument(
+        "--rules-interval",
+        type=float,
+        default=15,
+        help="seconds between rule evaluations in the backfill, for groups without their own (default 15)",
+    )
+    ap.add_argument(
+        "--rules",
+        choices=("all", "read"),
+        default="all",
+        help="backfill every recording rule, or only those the dashboards read and the rules they read",
+    )
+    ap.add_argument(
+        "--resume-rules",
+        action="store_true",
+        help="keep --keep's exported blocks (exports.json) and backfill the rules again",
+    )
+    ap.add_argument(
+        "--no-settle",
+        dest="settle",
+        action="store_false",
+        help="time at once, instead of after Prometheus' first compaction (a minute after start) has finished",
+    )
     opts = ap.parse_args()
+    if opts.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     for tool in ("promtool", "prometheus"):
         if shutil.which(tool) is None:
             raise SystemExit(f"needs {tool} (scripts/setup.sh)")
@@ -616,7 +905,6 @@ def main() -> None:
         raise SystemExit("--reuse needs --keep DIR (a directory a previous run kept)")
     keep: list[tempfile.TemporaryDirectory[str]] = []
     code = load_code(opts.rev, keep)
-    from desanet.exporter.metrics import SPECS
 
     work = opts.keep or Path(tempfile.mkdtemp(prefix="desanet-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -625,6 +913,11 @@ def main() -> None:
     loaded = [json.loads(p.read_text()) for p in (code / "dashboards" / "json").glob("*.json")]
     boards = {b["uid"]: b for b in loaded}
     reads_rules = any(re.search(r"\b[a-z_]+:desanet_\w+:\w+", json.dumps(b)) for b in boards.values())
+    if opts.reuse:
+        done = json.loads(marker.read_text())
+        for key in BACKFILL_OPTIONS:  # what the backfill was made with, not this command line's defaults
+            if key in done:
+                setattr(opts, key, done[key])
     district = District(opts.villages, opts.kecamatan, opts.seed)
     print(
         f"code {code} ({opts.rev or 'working tree'}); {opts.villages} villages, {opts.hours:g} h at {opts.step:g} s",
@@ -632,31 +925,67 @@ def main() -> None:
     )
     prom = Prometheus(tsdb, work)
     results = []
+    phases: dict[str, float] = {}
+    started = time.monotonic()
     try:
         if opts.reuse:
             done = json.loads(marker.read_text())
             start, end, samples, series = done["start"], done["end"], done["samples"], done["series"]
+            phases = done.get("phases", {})
             prom.start()
         else:
-            shutil.rmtree(tsdb, ignore_errors=True)
-            tsdb.mkdir()
-            end = (time.time() // CHUNK_SECONDS) * CHUNK_SECONDS  # whole blocks
-            start = end - opts.hours * 3600
-            t0 = time.monotonic()
-            samples, series = backfill_exports(district, SPECS, tsdb, work, start, end, opts.step)
+            exported = work / "exports.json"
+            if opts.resume_rules:  # the exports are in the TSDB: drop any rule blocks, keep theirs
+                done = json.loads(exported.read_text())
+                start, end, samples, series, phases = (done[k] for k in ("start", "end", "samples", "series", "phases"))
+                for meta in tsdb.glob("*/meta.json"):
+                    if json.loads(meta.read_text()).get("ulid") not in done["blocks"]:
+                        shutil.rmtree(meta.parent)
+            else:
+                shutil.rmtree(tsdb, ignore_errors=True)
+                tsdb.mkdir()
+                end = (time.time() // CHUNK_SECONDS) * CHUNK_SECONDS  # whole blocks
+                start = end - opts.hours * 3600
+                t0 = time.monotonic()
+                parts = [
+                    Part(opts.villages, opts.kecamatan, opts.seed, k, opts.jobs, work / f"part-{k}", start, end,
+                         opts.step, opts.max_chunk_mb * 1_000_000, opts.prototypes)
+                    for k in range(opts.jobs)
+                ]  # fmt: skip
+                samples, series = backfill_exports(parts, tsdb)
+                phases["exports_seconds"] = round(time.monotonic() - t0)
+                blocks = [m.parent.name for m in tsdb.glob("*/meta.json")]
+                exported.write_text(json.dumps(
+                    {"start": start, "end": end, "samples": samples, "series": series, "phases": phases}
+                    | {"blocks": blocks}
+                ))  # fmt: skip
             print(
                 f"backfilled {samples:,} samples ({series:,} series, {series / opts.villages:.1f} a village) "
-                f"in {time.monotonic() - t0:.0f} s",
+                f"in {phases['exports_seconds']} s ({opts.jobs} jobs)",
                 flush=True,
             )
             t1 = time.monotonic()
             prom.start()
             if reads_rules:
-                backfill_rules(prom, code / "alerts" / "desanet.rules.yml", tsdb, work, start, end)
-                print(f"rules backfilled in {time.monotonic() - t1:.0f} s", flush=True)
+                read_by = json.dumps(loaded) if opts.rules == "read" else None
+                levels = rule_levels(code / "alerts" / "desanet.rules.yml", read_by)
+                n_rules = sum(len(g["rules"]) for lv in levels for g in lv["groups"])
+                print(f"backfilling {n_rules} recording rules in {len(levels)} levels", flush=True)
+                backfill_rules(prom, levels, tsdb, work, start, end, opts.rules_interval, opts.jobs)
+                phases["rules_seconds"] = round(time.monotonic() - t1)
+                print(f"rules backfilled in {phases['rules_seconds']} s", flush=True)
             else:
                 print("the dashboards read no recording rules: none backfilled", flush=True)
-            marker.write_text(json.dumps({"start": start, "end": end, "samples": samples, "series": series}))
+            phases["backfill_wall_seconds"] = round(time.monotonic() - started)
+            marker.write_text(
+                json.dumps(
+                    {"start": start, "end": end, "samples": samples, "series": series, "phases": phases}
+                    | {key: getattr(opts, key) for key in BACKFILL_OPTIONS}
+                )
+            )
+        if opts.settle:
+            waited, n_blocks = prom.settle()
+            print(f"Prometheus idle after {waited:.0f} s ({n_blocks} blocks loaded)", flush=True)
         one = next(iter(district.monitor.villages))
         for uid in opts.boards:
             board = boards[uid]
@@ -697,6 +1026,13 @@ def main() -> None:
                     "step": opts.step,
                     "samples": samples,
                     "series": series,
+                    "jobs": opts.jobs,
+                    "rules": opts.rules,
+                    "prototypes": opts.prototypes,
+                    "rules_interval": opts.rules_interval,
+                    "phases": phases,
+                    "timed_at": datetime.now(ZoneInfo("UTC")).isoformat(timespec="seconds"),
+                    "load1_at_end": round(os.getloadavg()[0], 2),
                     "results": results,
                 },
                 indent=2,
