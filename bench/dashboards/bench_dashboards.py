@@ -938,6 +938,8 @@ def main() -> None:
             if opts.resume_rules:  # the exports are in the TSDB: drop any rule blocks, keep theirs
                 done = json.loads(exported.read_text())
                 start, end, samples, series, phases = (done[k] for k in ("start", "end", "samples", "series", "phases"))
+                if any(not (tsdb / b).is_dir() for b in done["blocks"]):  # Prometheus merged them with rules'
+                    raise SystemExit("the exported blocks were compacted since; backfill again without --resume-rules")
                 for meta in tsdb.glob("*/meta.json"):
                     if json.loads(meta.read_text()).get("ulid") not in done["blocks"]:
                         shutil.rmtree(meta.parent)
