@@ -82,6 +82,7 @@ RULES = (
 ALERT_NAMES = (
     "DesanetExporterDown",
     "DesanetProbeScheduleSlipping",
+    "DesanetProbingBehind",
     "InterfaceErrorsRising",
     "InterfaceFlapping",
     "InterfaceUtilisationHigh",
