@@ -40,8 +40,9 @@ def jitter_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped inventory plus a profile that judges jitter alone (RTT allowed up to a second).
 
     The lab's jitter here is uniform delay in [D - J, D + J] with J <= D, so one-way jitter beyond 30 ms comes with an
-    RTT p95 beyond 100 ms, and meet-hd would (rightly) name whichever is further out. This profile isolates
-    the factor under test."""
+    RTT p95 of D + J or more, near meet-hd's 200 ms (since the calibration against real calls, docs/readiness.md;
+    100 ms before), and meet-hd would (rightly) name whichever is further out. This profile isolates the factor
+    under test."""
     text = (ROOT / "inventory.yaml").read_text()
     extra = (
         "  - name: lab-jitter\n    description: meet-hd judged on jitter only\n    min_down_mbit: 3.2\n"
@@ -117,11 +118,16 @@ def test_jitter_beyond_the_profile_is_named(
 
 def test_loss_beyond_the_profile_is_named(lab: Lab, env: dict[str, str], impaired: list[str]) -> None:
     impaired.append("kebaman")
-    lab.impair("kebaman", "--loss", "10")
+    # meet-hd is not ready beyond 20 % round-trip loss since the calibration against real calls (docs/readiness.md;
+    # 3 % before, when 10 % toward the village did). Beyond 40 % the loss also outranks any burst loss (a 100 %
+    # burst is 100 % past its 50 % line, 40 % loss 100 % past 20 %), so loss, not burst loss, is named: 60 %.
+    lab.impair("kebaman", "--loss", "60")
     code, doc, err, wall = check(lab, env, "kebaman", "--profile", "meet-hd", "--force")
     assert code == 1, (doc, err)
     assert (doc["limiting"], doc["verdict"]) == ("loss", "not_ready")
-    assert 0.03 < doc["figures"]["loss_ratio"] < 0.2, doc["figures"]  # 10 % on ~200 packets: fails 2 runs in 10,000
+    # 60 % on ~200 packets (pings and the STAMP stream): 90 to 150 lost fails 1 run in 100,000; 80 or fewer
+    # (burst loss could then be named) 1 in 100 million.
+    assert 0.45 <= doc["figures"]["loss_ratio"] <= 0.75, doc["figures"]
     assert any(a.startswith("Check the fibre") for a in doc["advice"])
     assert wall <= LIMIT, f"{wall:.1f} s"
 
@@ -129,16 +135,18 @@ def test_loss_beyond_the_profile_is_named(lab: Lab, env: dict[str, str], impaire
 def test_a_rate_cap_below_the_profile_is_named(lab: Lab, env: dict[str, str], impaired: list[str]) -> None:
     """A cap toward the village only: download is named and upload passes (the directions are not swapped)."""
     impaired.append("tegalsari")
-    lab.impair("tegalsari", "--rate", "2")
+    # Not ready only below half meet-hd's 3.2 Mbit/s since the calibration against real calls (docs/readiness.md):
+    # the 2 Mbit/s cap that was not ready before is at risk now, so the cap is 1 Mbit/s.
+    lab.impair("tegalsari", "--rate", "1")
     code, doc, err, wall = check(lab, env, "tegalsari", "--profile", "meet-hd", "--force", "--lang", "en")
     assert code == 1, (doc, err)
     assert (doc["verdict"], doc["limiting"]) == ("not_ready", "down")
-    # tbf's bucket lets a short test slightly above the cap: 2.14 Mbit/s seen through 2 Mbit/s
-    assert doc["figures"]["down_bits_per_second"] < 2.3e6, doc["figures"]
+    # tbf's bucket lets a short test slightly above the cap (2.14 Mbit/s was seen through 2 Mbit/s)
+    assert doc["figures"]["down_bits_per_second"] < 1.3e6, doc["figures"]
     up = doc["throughput"]["up"]
     assert up["bits_per_second"] >= 0.95 * up["offered_bits_per_second"], up
-    assert (
-        doc["explanation"].startswith("download ") and "below the 3.2 Mbit/s this profile needs" in doc["explanation"]
+    assert doc["explanation"].startswith("download ") and (
+        "below 1.6 Mbit/s, well short of the 3.2 Mbit/s this profile needs" in doc["explanation"]
     )
     assert any("contract is 20 Mbit/s" in a for a in doc["advice"])
     assert doc["checks"][0]["state"] == "pass"  # the latency probes ran before the test loaded the link
@@ -147,7 +155,9 @@ def test_a_rate_cap_below_the_profile_is_named(lab: Lab, env: dict[str, str], im
 
 def test_a_kecamatan_uplink_problem_is_sent_to_the_noc(lab: Lab, env: dict[str, str], impaired: list[str]) -> None:
     impaired.append("--kecamatan=Kalipuro")
-    lab.impair("--kecamatan", "Kalipuro", "--delay", "130")
+    # 300 ms toward the villages: past meet-hd's 200 ms since the calibration against real calls (docs/readiness.md;
+    # the 130 ms used before was past the old 100 ms and is ready now), short of the 400 ms where it is not ready.
+    lab.impair("--kecamatan", "Kalipuro", "--delay", "300")
     code, doc, err, wall = check(lab, env, "kalipuro", "--profile", "meet-hd", "--no-throughput", "--lang", "en")
     assert code == 1, (doc, err)
     assert doc["limiting"] == "rtt"

@@ -94,9 +94,13 @@ def running(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     tmp = tmp_path_factory.mktemp("exporter")
     inventory = fast_inventory(tmp)
     env = {**lab.env, "DESANET_STATE_DIR": str(tmp / "state")}
-    # A clean village, a jittery one, a lossy one, a throttled one and a cut one.
-    lab.impair("pesanggaran", "--restore", "--delay", "60", "--jitter", "50")
-    lab.impair("sarongan", "--restore", "--loss", "8", "--up-loss", "8")
+    # A clean village, a jittery one, a lossy one and a cut one; the impaired ones are short of ready for meet-hd
+    # at its calibrated limits (docs/readiness.md). pesanggaran: 80 ± 80 ms reordered gives a one-way jitter of
+    # ~50 ms, past the 30 ms line every run (tests/test_check_lab.py); 60 ± 50 ms in order fell short only by its
+    # RTT p95, ~105 ms, past the old 100 ms line and within the 200 ms one. sarongan: 20 % each way is 36 % round
+    # trip, past the 20 % not-ready line (8 % each way, 15 %, is only at risk now).
+    lab.impair("pesanggaran", "--restore", "--delay", "80", "--jitter", "80", "--reorder")
+    lab.impair("sarongan", "--restore", "--loss", "20", "--up-loss", "20")
     lab.impair("bajulmati", "--restore", "--down")
     with open(tmp / "serve.log", "w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
@@ -202,23 +206,23 @@ def test_prometheus_sees_verdicts_that_match_the_impairments(running: Running) -
         for r in running.query('desanet_video_limiting_info{profile="meet-hd"}')
     }
     assert limiting["sarongan"] in ("loss", "burst_loss")
-    assert limiting["pesanggaran"] in ("jitter", "rtt")
+    assert limiting["pesanggaran"] == "jitter"  # its RTT p95, at most 160 ms, is within 200 ms
 
 
 def test_figures_in_prometheus_match_the_lab(running: Running) -> None:
     loss = running.value('desanet_loss_ratio{method="icmp",direction="round_trip"}')
     assert loss["bajulmati"] == 1
-    # 1 - 0.92² = 15.4 % over a 50-echo window: 1 to 18 lost covers all but 0.05 % of runs (2 to 14 failed 1.9 %).
-    assert 0.02 <= loss["sarongan"] <= 0.36
+    # 1 - 0.8² = 36 % over a 50-echo window: 6 to 31 lost covers all but 0.01 % of runs.
+    assert 0.12 <= loss["sarongan"] <= 0.62
     assert loss["kabat"] == 0
-    # The median from the RTT histogram (the lean record; the window statistics are --metrics.detail): 60 ± 50 ms
-    # uniform toward the village puts 40 % of echoes under the 50 ms bound and 65 % under 75 ms, so Prometheus
-    # interpolates 60 ms; 50 echoes over 10 s have a 6.9 ms sd median (1 / (2 sqrt(n + 2)) of the 100 ms
-    # spread), so ±25 ms is 3.6 sd.
+    # The median from the RTT histogram (the lean record; the window statistics are --metrics.detail): 80 ± 80 ms
+    # uniform toward the village puts 47 % of echoes under the 75 ms bound and 62.5 % under 100 ms, so Prometheus
+    # interpolates 80 ms; 50 echoes over 10 s have an 11 ms sd median (1 / (2 sqrt(n + 2)) of the 160 ms
+    # spread), so ±40 ms is 3.6 sd.
     p50 = running.value(
         'histogram_quantile(0.5, sum by (village, le) (rate(desanet_rtt_seconds_bucket{method="icmp"}[10s])))'
     )
-    assert 0.035 < p50["pesanggaran"] < 0.085
+    assert 0.04 < p50["pesanggaran"] < 0.12
     assert p50["kabat"] < 0.002
     # STAMP splits the direction: the jitter was imposed toward the village only.
     fwd = running.value('desanet_jitter_seconds{method="stamp",direction="down"}')
