@@ -35,8 +35,8 @@ Reason = Literal[
     "above_limit",  # warn: above max_* (or the burst limit)
     "above_fail",  # fail: above fail_* (or the burst fail)
     "total_loss",  # fail: nothing came back
-    "below_margin",  # warn: at or above the minimum but under the margin
-    "below_minimum",  # fail: under the minimum
+    "below_margin",  # warn: at or above the not-ready line (half the minimum) but under the margin
+    "below_minimum",  # fail: under the not-ready line, half the minimum (BANDWIDTH_FAIL_FRACTION)
     "not_measured",  # unmeasured
 ]
 
