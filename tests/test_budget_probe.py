@@ -52,20 +52,6 @@ INVENTORY = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def iperf3_servers() -> Iterator[Callable[..., Iperf3Server]]:
-    """`iperf3 -s` on 127.0.0.1 (tests/test_throughput.py), as many as a test asks for, stopped by PID."""
-    servers: list[Iperf3Server] = []
-
-    def make(**kw: bool) -> Iperf3Server:
-        servers.append(Iperf3Server(**kw))
-        return servers[-1]
-
-    yield make
-    for srv in servers:
-        srv.stop()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,8 +110,8 @@ def _ledger(tmp: Path) -> dict[str, object]:
 
 
 @pytest.mark.timeout(120)
-def test_off_unless_the_inventory_enables_it(tmp_path: Path, iperf3_servers: Callable[..., Iperf3Server]) -> None:
-    srv = iperf3_servers(one_off=True)  # exits after one test: still running at the end means none was run
+def test_off_unless_the_inventory_enables_it(tmp_path: Path, make_server: Callable[..., Iperf3Server]) -> None:
+    srv = make_server(one_off=True)  # exits after one test: still running at the end means none was run
     with serving(tmp_path, "", srv.port) as exporter:
         for _ in range(2):  # every time, not only once per allowance
             code, headers, body = exporter.probe()
@@ -139,8 +125,8 @@ def test_off_unless_the_inventory_enables_it(tmp_path: Path, iperf3_servers: Cal
 
 
 @pytest.mark.timeout(120)
-def test_the_on_demand_allowance_holds(tmp_path: Path, iperf3_servers: Callable[..., Iperf3Server]) -> None:
-    srv = iperf3_servers()
+def test_the_on_demand_allowance_holds(tmp_path: Path, make_server: Callable[..., Iperf3Server]) -> None:
+    srv = make_server()
     on_demand = "on_demand: {enabled: true, budget_megabytes_per_day: 30, min_interval_seconds: 0}"
     with serving(tmp_path, on_demand, srv.port) as exporter:
         code, _, body = exporter.probe()
@@ -160,8 +146,8 @@ def test_the_on_demand_allowance_holds(tmp_path: Path, iperf3_servers: Callable[
 
 
 @pytest.mark.timeout(120)
-def test_the_on_demand_rate_limit_holds(tmp_path: Path, iperf3_servers: Callable[..., Iperf3Server]) -> None:
-    srv = iperf3_servers()
+def test_the_on_demand_rate_limit_holds(tmp_path: Path, make_server: Callable[..., Iperf3Server]) -> None:
+    srv = make_server()
     # An allowance loopback cannot spend in one 1 s test, so it is the rate limit that refuses.
     on_demand = "on_demand: {enabled: true, budget_megabytes_per_day: 50000, max_seconds: 1, min_interval_seconds: 600}"
     with serving(tmp_path, on_demand, srv.port) as exporter:
