@@ -5,7 +5,8 @@ Every village's probes run isolated from each other: a probe that times out or r
 that result, is counted in desanet_probe_success and logged with its reason, and nothing else waits for it.
 
 - ICMP: one engine, one socket, every village's echo spread evenly over the interval (the engine does it).
-- SNMP: all villages polled every `settings.snmp.every_seconds` through one poller with per-agent limits.
+- SNMP: all villages polled every `settings.snmp.every_seconds` through one poller with per-agent limits, each
+  recorded as soon as its own poll ends (a dead agent's timeouts hold back only its own village).
 - STAMP: each village with a reflector every `settings.stamp.every_seconds`, first run spread at random, with as
   many bursts at once as the shard's villages need (`stamp_slots`); a burst still waiting or running is not doubled.
 - Trace: each village every `settings.trace.every_seconds`, and at once when its verdict worsens, with as many
@@ -418,7 +419,10 @@ class Monitor:
     async def _snmp_loop(self) -> None:
         while True:
             t0 = time.monotonic()
-            await self.poll_snmp()
+            try:
+                await self.poll_snmp()
+            except Exception:  # a bug in one round must not end SNMP polling for the whole shard
+                log.exception("SNMP round failed")
             await asyncio.sleep(max(1.0, self.inventory.settings.snmp.every_seconds - (time.monotonic() - t0)))
 
     async def poll_snmp(self) -> None:
@@ -435,17 +439,25 @@ class Monitor:
                 items.append((vs, settings))
         if not items:
             return
-        results = await self.poller.poll_many([(vs.village.address, s) for vs, s in items])
-        now = time.time()
-        for (vs, _), r in zip(items, results, strict=True):
-            vs.status("snmp").record(bool(r.success), r.duration_seconds, r.error)
-            if r.success:
-                vs.snmp_prev, vs.snmp_prev_at = vs.snmp, vs.snmp_at
-                vs.snmp, vs.snmp_at = r, now
-                vs.log("snmp", True, f"{len(r.interfaces)} interfaces, uptime {r.uptime_seconds:.0f} s")
-            else:
-                vs.log("snmp", False, r.error or "failed")
-                log.warning("probe failed", extra={"village": vs.slug, "probe": "snmp", "reason": r.error or "failed"})
+        # Each village's result is recorded as soon as its poll ends: with thousands of agents in one round, a
+        # few slow or dead ones (timeouts and retries) must not hold back everyone else's figures until the
+        # last answer is in.
+        await asyncio.gather(*(self._poll_one(vs, s) for vs, s in items))
+
+    async def _poll_one(self, vs: VillageState, settings: Any) -> None:
+        """Poll one village and record the result at once (`poll` answers failures in words, not exceptions)."""
+        r = await self.poller.poll(vs.village.address, settings)
+        vs.status("snmp").record(bool(r.success), r.duration_seconds, r.error)
+        if r.success:
+            vs.snmp_prev, vs.snmp_prev_at = vs.snmp, vs.snmp_at
+            vs.snmp, vs.snmp_at = r, time.time()
+            # An agent whose view leaves out sysUpTime answers without it (net-snmp with an OID-limited
+            # community does): formatting None would raise here and end the round.
+            up = "unknown" if r.uptime_seconds is None else f"{r.uptime_seconds:.0f} s"
+            vs.log("snmp", True, f"{len(r.interfaces)} interfaces, uptime {up}")
+        else:
+            vs.log("snmp", False, r.error or "failed")
+            log.warning("probe failed", extra={"village": vs.slug, "probe": "snmp", "reason": r.error or "failed"})
 
     # ------------------------------------------------------------------------------------------ periodic
     async def _periodic_loop(self) -> None:
