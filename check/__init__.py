@@ -56,6 +56,8 @@ from desanet.check.history import fetch_history, fetch_last_call, history_querie
 from desanet.check.measure import Probers, run_check
 from desanet.check.messages import Q, render
 from desanet.check.report import (
+    CALL_STREAM_SECONDS,
+    CALL_STREAM_TIMEOUT,
     RESERVE_SECONDS,
     TIME_LIMIT_SECONDS,
     CallDirection,
@@ -75,6 +77,8 @@ from desanet.check.report_json import problem_json, to_json
 from desanet.check.words import Explanation, explain, problem_text
 
 __all__ = [
+    "CALL_STREAM_SECONDS",
+    "CALL_STREAM_TIMEOUT",
     "RESERVE_SECONDS",
     "TIME_LIMIT_SECONDS",
     "CallDirection",

@@ -17,6 +17,8 @@ from desanet.check.messages import (
 from desanet.check.report import (
     BUSY_RETRIES,
     BUSY_RETRY_WAIT,
+    CALL_STREAM_SECONDS,
+    CALL_STREAM_TIMEOUT,
     CALL_TIMEOUT,
     HISTORY_TIMEOUT,
     ICMP_COUNT,
@@ -64,6 +66,8 @@ from desanet.probes.throughput import (
 from desanet.verdict.ports import busiest_port
 
 if TYPE_CHECKING:
+    from desanet.budget import TestSlot
+    from desanet.probes.callstream import CallStreamResult, CallStreamSettings
     from desanet.probes.snmp import SnmpResult, SnmpSettings
     from desanet.probes.trace import TraceResult, TraceSettings
 
@@ -100,6 +104,11 @@ class Probers:
         from desanet.probes.throughput import probe
 
         return await probe(address, settings, progress=progress)
+
+    async def call_stream(self, address: str, settings: CallStreamSettings) -> CallStreamResult:
+        from desanet.probes.callstream import probe
+
+        return await probe(address, settings)
 
     async def trace(self, address: str, settings: TraceSettings) -> TraceResult:
         from desanet.probes.trace import probe
@@ -414,6 +423,58 @@ async def _trace(report: Report, probers: Probers, clock: _Clock) -> None:
             report.notes.append(Note("note_trace_failed", detail=str(exc)))
 
 
+async def _call_stream(report: Report, probers: Probers, clock: _Clock, slot: TestSlot) -> None:
+    """A stream at the profile's call rate whose rate a call's congestion control sets: what a call would hold
+    against the other traffic on the path. Run in the throughput test's slot, so it obeys the same session,
+    uplink and budget rules and is charged what it moved, both ways."""
+    from desanet.probes.callstream import CallStreamSettings
+
+    profile, village = report.profile, report.village
+    stamp_at = village.stamp_address()
+    if stamp_at is None:
+        return
+    settings = CallStreamSettings(
+        rate_bps=profile.video_kbit * 1000.0,
+        duration_seconds=CALL_STREAM_SECONDS,
+        packet_bytes=min(profile.video_packet_bytes, 1472),
+        dscp=profile.dscp,
+        port=stamp_at[1],
+        timeout_seconds=CALL_STREAM_TIMEOUT,
+    )
+    if clock.left() < settings.duration_seconds + settings.timeout_seconds:
+        report.notes.append(Note("note_throughput_time", {"limit": Q("seconds", TIME_LIMIT_SECONDS)}))
+        return
+    if 2 * settings.max_bytes() > slot.remaining_bytes - slot.charged_bytes:
+        report.notes.append(Note("note_call_stream_budget"))
+        return
+    async with clock.stage("call_stream", "stage_call_stream", {"rate": Q("rate", settings.rate_bps)}) as st:
+        t0 = time.monotonic()
+        result: CallStreamResult | None = None
+        try:
+            result = await probers.call_stream(stamp_at[0], settings)
+        except (OSError, ValueError) as exc:
+            st["event"] = "failed"
+            report.notes.append(Note("note_call_stream_failed", detail=str(exc)))
+        finally:
+            # Out and back at most as much as went out; a stream cut short is charged its whole bound.
+            moved = 2 * (result.bytes_sent if result is not None else settings.max_bytes())
+            slot.charge(moved, time.monotonic() - t0)
+    if result is None:
+        return
+    report.call_stream = result
+    if result.held_bps is not None and result.held_ratio is not None:
+        report.notes.append(
+            Note(
+                "note_call_stream",
+                {
+                    "held": Q("rate", result.held_bps),
+                    "rate": Q("rate", result.rate_bps),
+                    "share": Q("pct", result.held_ratio),
+                },
+            )
+        )
+
+
 async def _throughput_retrying_busy(
     probers: Probers,
     address: str,
@@ -445,7 +506,8 @@ async def _throughput(report: Report, options: Options, probers: Probers, clock:
     if endpoint is None:
         report.notes.append(Note("note_no_iperf3"))
         return
-    per_direction = clock.left() / 2 - TEST_SETUP_SECONDS
+    stream_seconds = CALL_STREAM_SECONDS + CALL_STREAM_TIMEOUT if options.call_stream else 0.0
+    per_direction = (clock.left() - stream_seconds) / 2 - TEST_SETUP_SECONDS
     seconds = min(TCP_SECONDS if options.tcp else UDP_SECONDS, per_direction)
     if seconds < UDP_MIN_SECONDS:
         report.notes.append(Note("note_throughput_time", {"limit": Q("seconds", TIME_LIMIT_SECONDS)}))
@@ -490,6 +552,8 @@ async def _throughput(report: Report, options: Options, probers: Probers, clock:
                         break
                     d = res.down if direction == "down" else res.up
                     results[direction] = d
+            if options.call_stream:
+                await _call_stream(report, probers, clock, slot)
     except Refused as exc:
         report.notes.append(_refusal_note(exc, inv, village, now))
         return

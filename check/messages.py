@@ -65,6 +65,10 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "en": "throughput rehearsal: a {down} stream toward the village, then {up} back",
         "id": "uji kecepatan: aliran {down} ke arah desa, lalu {up} ke arah NOC",
     },
+    "stage_call_stream": {
+        "en": "call-like stream: up to {rate}, yielding to other traffic as a video call does",
+        "id": "aliran mirip panggilan: hingga {rate}, mengalah pada lalu lintas lain seperti panggilan video",
+    },
     "stage_throughput_tcp": {
         "en": "TCP throughput toward the village, then back",
         "id": "kecepatan TCP ke arah desa, lalu ke arah NOC",
@@ -517,6 +521,20 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
     "note_under_load": {
         "en": "While testing the {direction}, the stream lost {loss} of its packets (jitter {jitter}).",
         "id": "Saat menguji {direction}, aliran kehilangan {loss} paketnya (jitter {jitter}).",
+    },
+    "note_call_stream": {
+        "en": "A call-like stream that yields to other traffic as a video call does held {held} of {rate} ({share}); "
+              "this figure does not change the verdict yet (docs/readiness.md).",
+        "id": "Aliran mirip panggilan yang mengalah pada lalu lintas lain seperti panggilan video bertahan pada {held} "
+              "dari {rate} ({share}); angka ini belum mengubah penilaian (docs/readiness.md).",
+    },
+    "note_call_stream_failed": {
+        "en": "The call-like stream could not run.",
+        "id": "Aliran mirip panggilan tidak dapat dijalankan.",
+    },
+    "note_call_stream_budget": {
+        "en": "The call-like stream was skipped: today's test budget has too little left for it.",
+        "id": "Aliran mirip panggilan dilewati: sisa anggaran uji hari ini tidak cukup.",
     },
     "dir_down": {"en": "download", "id": "unduhan"},
     "dir_up": {"en": "upload", "id": "unggahan"},

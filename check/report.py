@@ -15,6 +15,7 @@ from desanet.verdict import readiness as rd
 from desanet.verdict.ports import PortActivity
 
 if TYPE_CHECKING:
+    from desanet.probes.callstream import CallStreamResult
     from desanet.probes.snmp import SnmpResult
     from desanet.probes.trace import TraceResult
 
@@ -34,6 +35,8 @@ SNMP_STAGE_SECONDS: Final = ICMP_COUNT * ICMP_INTERVAL + ICMP_TIMEOUT + 0.5  # t
 UDP_SECONDS: Final = 1.5
 UDP_MIN_SECONDS: Final = 1.0
 TCP_SECONDS: Final = 3.0
+CALL_STREAM_TIMEOUT: Final = 1.0  # a reply later than this counts lost (as STAMP_TIMEOUT)
+CALL_STREAM_SECONDS: Final = 4.0  # GCC cuts within a second of a growing queue and climbs back 8 %/s: 4 s shows both
 TEST_SETUP_SECONDS: Final = 0.7  # connect, parameters and results around each direction's data phase
 BUSY_RETRIES: Final = 4
 BUSY_RETRY_WAIT: Final = 0.25
@@ -50,7 +53,7 @@ CALL_TIMEOUT: Final = 2.0  # one instant query for the village's last rehearsal 
 OPTICAL_RX_WEAK_DBM: Final = -25.0
 RECENT_RESTART_SECONDS: Final = 3600.0
 
-Stage = Literal["icmp", "stamp", "snmp", "history", "trace", "throughput"]
+Stage = Literal["icmp", "stamp", "snmp", "history", "trace", "throughput", "call_stream"]
 StageEvent = Literal["start", "done", "skipped", "failed"]
 Location = Literal["village", "kecamatan", "core", "upstream"]
 ProfileSource = Literal["option", "session", "session_now", "village", "default"]
@@ -175,6 +178,7 @@ class Options:
     tcp: bool = False  # a TCP test instead of the UDP rehearsal
     force: bool = False  # throughput even during the village's session
     prometheus: str | None = None
+    call_stream: bool = False  # also a call-like stream that yields like WebRTC (probes/callstream.py); not judged yet
 
 
 ProgressFn = Callable[[Stage, StageEvent, str, Mapping[str, Any], float], None]
@@ -196,6 +200,7 @@ class Report:
     port: PortActivity | None = None
     throughput: ThroughputOutcome | None = None
     trace: TraceResult | None = None
+    call_stream: CallStreamResult | None = None
     history: list[HistoryDay] | None = None
     call: LastCall | None = None  # with --prometheus: the village's last rehearsal call, if it had one
     call_fetched: bool = False  # Prometheus answered the question (so no call means none in the last 24 h)

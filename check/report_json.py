@@ -110,6 +110,7 @@ def to_json(report: Report, lang: Lang) -> dict[str, Any]:
         "throughput": throughput,
         "snmp": snmp,
         "trace": report.trace.to_dict() if report.trace is not None else None,
+        "call_stream": report.call_stream.to_dict() if report.call_stream is not None else None,
         "history": None
         if report.history is None
         else [

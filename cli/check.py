@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 
 from desanet.check import (
+    CALL_STREAM_SECONDS,
+    CALL_STREAM_TIMEOUT,
     RESERVE_SECONDS,
     TIME_LIMIT_SECONDS,
     CheckError,
@@ -181,6 +183,7 @@ def run(
     throughput: bool = True,
     tcp: bool = False,
     force: bool = False,
+    call_stream: bool = False,
 ) -> int:
     """The whole command; returns the exit code."""
     lang = lang or detect_lang()
@@ -192,7 +195,11 @@ def run(
         return 2
     now = datetime.now(ZoneInfo(inv.timezone))
     deadline = _STARTED + TIME_LIMIT_SECONDS - RESERVE_SECONDS
-    options = Options(profile=profile, throughput=throughput, tcp=tcp, force=force, prometheus=prometheus)
+    if call_stream:
+        deadline += CALL_STREAM_SECONDS + CALL_STREAM_TIMEOUT
+    options = Options(
+        profile=profile, throughput=throughput, tcp=tcp, force=force, prometheus=prometheus, call_stream=call_stream
+    )
     view = _ProgressView(err, lang)
     try:
         report = asyncio.run(run_check(inv, v, options, now=now, deadline=deadline, progress=view.event))
@@ -237,6 +244,14 @@ def register(app: typer.Typer) -> None:
         force: Annotated[
             bool, typer.Option("--force", help="Test throughput even during the village's scheduled session.")
         ] = False,
+        call_stream: Annotated[
+            bool,
+            typer.Option(
+                "--call-stream",
+                help="After the throughput test, also send a call-like stream that yields to other traffic as a "
+                "WebRTC call does, and report the rate it held (4-5 s more; not part of the verdict yet).",
+            ),
+        ] = False,
     ) -> None:
         raise typer.Exit(
             run(
@@ -249,6 +264,7 @@ def register(app: typer.Typer) -> None:
                 throughput=not no_throughput,
                 tcp=tcp,
                 force=force,
+                call_stream=call_stream,
             )
         )
 

@@ -19,7 +19,8 @@ draft-ietf-rmcat-gcc-02 (July 2016), section numbers below:
   estimate is a per-group delay variation, which with 5 ms groups stays below the 12.5 ms threshold even for a
   2.6x overload and never sees a TCP queue rising 0.1 ms per ms; the trendline sees both.
 - §5.4 over-use detector: m(i) > del_var_th for >= overuse_time_th = 10 ms and not falling -> over-use;
-  m(i) < -del_var_th -> under-use. del_var_th(0) = 12.5 ms, adapted with K_u = 0.01 and K_d = 0.00018 per ms,
+  m(i) < -del_var_th -> under-use. del_var_th(0) = 12.5 ms, adapted with Chromium's K_u = 0.0087 and K_d = 0.039 per ms
+  (the draft's Table 1 has 0.01 and 0.00018; see K_U below),
   not adapted when |m(i)| - del_var_th > 15, clamped to [6, 600] ms.
 - §5.5 rate control (AIMD): the Hold/Increase/Decrease table; increase by 1.08^min(dt/1 s, 1), or additively by
   half a packet per response time near the average max bitrate (EMA 0.95, three standard deviations);
@@ -50,7 +51,10 @@ TRENDLINE_MAX_DELTAS = 60  # libwebrtc kMinNumDeltas: cap on the group count the
 THRESHOLD_INIT_MS = 12.5  # §5.4 del_var_th(0)
 THRESHOLD_MIN_MS, THRESHOLD_MAX_MS = 6.0, 600.0  # §5.4 clamp
 THRESHOLD_MAX_ADAPT_MS = 15.0  # §5.4: no adaptation when |m| - del_var_th exceeds this
-K_U, K_D = 0.01, 0.00018  # §5.4, Table 1 (per ms)
+# Chromium (the calls this stream stands in for) adapts faster than the draft's Table 1 (0.01, 0.00018): libwebrtc
+# overuse_detector.cc k_up 0.0087, k_down 0.039 (constants only). With the draft's, a 1 Mbit/s bottleneck let queues
+# peak at ~256 ms before each cut (tests/test_rate_control.py), far more than Chromium tolerates.
+K_U, K_D = 0.0087, 0.039  # per ms
 OVERUSE_TIME_MS = 10.0  # §5.4 overuse_time_th
 MAX_GROUP_GAP_MS = 100.0  # a pause in the stream must not swing the threshold in one step
 RATE_WINDOW_NS = 500_000_000  # §5.5 T, from [0.5, 1] s

@@ -10,7 +10,8 @@ village's office downloading through it); bloated buffer (200-600 ms queues) wit
 jitter with and without reordering; combinations — it:
 
 1. applies the impairment with `desanet lab impair` and starts the cross traffic with `desanet lab load`;
-2. runs `desanet check VILLAGE --profile P --force --json` in the NOC namespace, as a technician would;
+2. runs `desanet check VILLAGE --profile P --force --json --call-stream` in the NOC namespace, as a technician
+   would (`--call-stream` from run 3 on: the call-like stream is recorded for calibration, not yet judged);
 3. right after, makes the call: `desanet lab call VILLAGE --profile P --json` (the profile's own picture);
 4. restores the path and stops the load (by PID, through `lab load --stop`).
 
@@ -168,9 +169,23 @@ def cpu_jiffies() -> tuple[int, int]:
     return user + system + irq + softirq + steal, nice
 
 
-def run_check(env: dict[str, str], noc_ns: str, sc: dict[str, Any]) -> dict[str, Any]:
+def _path_figures(doc: dict[str, Any]) -> dict[str, Any]:
+    """The raw figures behind the verdict's inputs, kept for judging new factors later (report.py --rejudge)."""
+    icmp, stamp, tp = doc.get("icmp") or {}, doc.get("stamp") or {}, doc.get("throughput") or {}
+    out: dict[str, Any] = {"icmp_rtt_seconds": icmp.get("rtt_seconds"), "stamp_rtt_seconds": stamp.get("rtt_seconds")}
+    for way in ("forward", "backward"):
+        out[f"stamp_{way}"] = stamp.get(way)
+    for way in ("down", "up"):
+        d = tp.get(way) or {}
+        out[f"udp_{way}"] = {k: d.get(k) for k in ("bits_per_second", "loss_ratio", "jitter_seconds")} if d else None
+    return out
+
+
+def run_check(env: dict[str, str], noc_ns: str, sc: dict[str, Any], call_stream: bool) -> dict[str, Any]:
     argv = ["ip", "netns", "exec", noc_ns, sys.executable, "-m", "desanet.cli", "check", sc["village"]]
     argv += ["--profile", sc["profile"], "--force", "--json", "--lang", "en"]
+    if call_stream:
+        argv.append("--call-stream")
     t0 = time.monotonic()
     proc = sh(argv, env, 90)
     try:
@@ -185,6 +200,8 @@ def run_check(env: dict[str, str], noc_ns: str, sc: dict[str, Any]) -> dict[str,
         "figures": doc.get("figures"),
         "states": {c["factor"]: c["state"] for c in doc.get("checks") or []},
         "notes": [n.get("key") for n in doc.get("notes_detail") or [] if isinstance(n, dict)],
+        "call_stream": doc.get("call_stream"),
+        "path": _path_figures(doc),
         "seconds": round(time.monotonic() - t0, 2),
     }
 
@@ -266,6 +283,9 @@ def main() -> None:
     ap.add_argument("--max-other-cores", type=float, default=0.5)
     ap.add_argument("--attempts", type=int, default=3)
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
+    ap.add_argument(
+        "--no-call-stream", action="store_true", help="run the check without --call-stream (runs 1 and 2 had none)"
+    )
     opts = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the lab's namespaces)")
@@ -286,7 +306,7 @@ def main() -> None:
             check: dict[str, Any] = {}
             call: dict[str, Any] = {}
             for _ in range(opts.attempts):
-                check = run_check(env, noc_ns, sc)
+                check = run_check(env, noc_ns, sc, not opts.no_call_stream)
                 call, host = run_call(env, sc, opts.duration)
                 attempts.append(host)
                 if host["other_cores"] <= opts.max_other_cores:

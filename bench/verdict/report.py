@@ -132,15 +132,29 @@ def main() -> None:
         by_class[r["class"]][(r["check"]["verdict"], r["call"]["outcome"])] += 1
     for cls, c in sorted(by_class.items()):
         print(f"- {cls}: " + ", ".join(f"{v}→{o} {k}" for (v, o), k in sorted(c.items())))
+    streamed = [r for r in rows if (r["check"].get("call_stream") or {}).get("held_ratio") is not None]
+    if streamed:
+        print("\n### the call-like stream (check --call-stream) against the call's outcome\n")
+        print("| outcome | rows | held ratio: min | median | max | with overuse |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for outcome in ("holds", "degraded", "fails"):
+            cs = [r["check"]["call_stream"] for r in streamed if r["call"]["outcome"] == outcome]
+            if not cs:
+                continue
+            held = sorted(c["held_ratio"] for c in cs)
+            over = sum(1 for c in cs if c.get("overuse_forward") or c.get("overuse_backward"))
+            print(f"| {outcome} | {len(cs)} | {held[0]:.2f} | {held[len(held) // 2]:.2f} | {held[-1]:.2f} | {over} |")
     print("\n### where they disagree\n")
     for r in rows:
         v, o = r["check"]["verdict"], r["call"]["outcome"]
         if MATCH.get(v) == o:
             continue
         bad = {f: s for f, s in (r["check"].get("states") or {}).items() if s in ("warn", "fail")}
+        cs = r["check"].get("call_stream") or {}
+        held = f", call-like stream held {cs['held_ratio']:.2f}" if cs.get("held_ratio") is not None else ""
         print(
             f"- #{r['n']} {r['class']} {r['profile']} {json.dumps(r['parts'])}: check {v} "
-            f"(limiting {r['check'].get('limiting')}, {bad or 'all pass'}); call {o}: {call_summary(r)}"
+            f"(limiting {r['check'].get('limiting')}, {bad or 'all pass'}{held}); call {o}: {call_summary(r)}"
         )
 
 

@@ -1,0 +1,168 @@
+"""The call-like stream (probes/callstream.py) on 127.0.0.1: it holds a call's rate where nothing competes, keeps
+it over a long but steady delay, yields to a queue that grows, and ends cleanly when nobody answers.
+
+The bottleneck is emulated by a reflector of our own in this file: each packet leaves a virtual queue served at a
+fixed rate, and the reply carries the time it left the queue as its receive time (T2) and is sent then, so the
+way out looks like a link of that rate with a deep buffer. A foreign TWAMP-light responder (tests/
+test_stamp_interop.py, written from RFC 5357 alone) answers in the short form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from desanet.probes.callstream import CallStreamSettings, delay_rise, held_rate, probe
+from desanet.probes.reflector import Reflector, ReflectorOptions
+from desanet.probes.stamp import build_reflector_packet, ns_to_ntp, parse_sender_packet, set_reflector_timestamp
+from tests.test_stamp import LOOPBACK, free_udp_port
+from tests.test_stamp_interop import TwampLightResponder
+
+RATE = 2_600_000.0  # meet-hd's call picture
+
+
+def run(coro: Any, timeout: float = 30) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class BottleneckReflector:
+    """A STAMP reflector behind an emulated link: `rate_bps` with an unbounded FIFO and `delay_s` more each way
+    (a thread on 127.0.0.1, stopped by the test; bounded lifetime)."""
+
+    def __init__(self, rate_bps: float | None, delay_s: float = 0.0, lifetime: float = 20.0) -> None:
+        self.rate_bps, self.delay_s, self.lifetime = rate_bps, delay_s, lifetime
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.port: int = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.answered = 0
+
+    def __enter__(self) -> BottleneckReflector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def _run(self) -> None:
+        pending: list[tuple[float, int, bytes, Any]] = []  # (send at, seq, sender packet, peer)
+        busy_until = 0.0
+        seq = 0
+        end = time.monotonic() + self.lifetime
+        while not self._stop.is_set() and time.monotonic() < end:
+            wait = 0.05 if not pending else max(0.0, pending[0][0] - time.monotonic())
+            ready, _, _ = select.select([self.sock], [], [], min(wait, 0.05))
+            now = time.monotonic()
+            if ready:
+                data, peer = self.sock.recvfrom(65536)
+                service = 0.0 if self.rate_bps is None else len(data) * 8 / self.rate_bps
+                busy_until = max(now, busy_until) + service
+                heapq.heappush(pending, (busy_until + self.delay_s, seq, data, peer))
+                seq += 1
+            while pending and pending[0][0] <= time.monotonic():
+                due, _n, data, peer = heapq.heappop(pending)
+                pkt = parse_sender_packet(data)
+                if pkt is None:
+                    continue
+                # T2: when the packet came out of the link (wall clock, as a real reflector's would read)
+                t2 = time.time_ns() - int((time.monotonic() - due) * 1e9)
+                buf = build_reflector_packet(pkt, seq=self.answered, receive_timestamp=ns_to_ntp(t2))
+                set_reflector_timestamp(buf, ns_to_ntp(time.time_ns()))
+                self.sock.sendto(bytes(buf), peer)
+                self.answered += 1
+
+
+def settings(port: int, **kw: Any) -> CallStreamSettings:
+    args: dict[str, Any] = {"rate_bps": RATE, "duration_seconds": 3.0, "port": port, "timeout_seconds": 1.0}
+    args.update(kw)
+    return CallStreamSettings(**args)
+
+
+def test_settings_refuse_nonsense() -> None:
+    for bad in (
+        {"rate_bps": 0},
+        {"rate_bps": float("nan")},
+        {"rate_bps": 1e6, "min_rate_bps": 2e6},
+        {"rate_bps": 1e6, "duration_seconds": 0.1},
+        {"rate_bps": 1e6, "packet_bytes": 20},
+        {"rate_bps": 1e6, "packet_bytes": 9000},
+        {"rate_bps": 1e6, "dscp": 64},
+        {"rate_bps": 1e6, "port": 0},
+    ):
+        with pytest.raises(ValueError):
+            CallStreamSettings(**bad)  # type: ignore[arg-type]
+    s = CallStreamSettings(rate_bps=1e6, duration_seconds=4)
+    assert s.max_bytes() == 500_000 + 1200  # the budget's bound: 4 s at 1 Mbit/s and one packet
+
+
+def test_pure_helpers() -> None:
+    assert delay_rise([]) is None and delay_rise([5]) is None
+    # a clock offset of an hour cancels; p95 of 0..99 ms above the minimum is 94 ms
+    base = 3_600 * 10**9
+    assert delay_rise([base + i * 1_000_000 for i in range(100)]) == pytest.approx(0.094)
+    sends = [(i * 0.01, 1000) for i in range(400)]  # 1000 B every 10 ms = 800 kbit/s over 4 s
+    assert held_rate(sends, 2.0, 4.0) == pytest.approx(800_000)
+    assert held_rate(sends, 2.0, 2.0) is None
+    assert held_rate(sends, 2.0, 4.0, lambda i: i % 2 == 0) == pytest.approx(400_000)  # half of them answered
+
+
+def test_a_clean_path_holds_the_calls_rate() -> None:
+    async def go() -> Any:
+        async with Reflector(ReflectorOptions()) as reflector:
+            _h, port = await reflector.serve(LOOPBACK, 0)
+            return await probe(LOOPBACK, settings(port))
+
+    r = run(go())
+    assert r.loss_ratio == 0 and r.received == r.sent > 0
+    assert r.held_ratio is not None and r.held_ratio > 0.9, r
+    assert r.overuse_forward == 0 and r.overuse_backward == 0
+    assert r.delay_rise_forward_seconds is not None and r.delay_rise_forward_seconds < 0.01
+    # it never sends above the call's rate: about 3 s at 2.6 Mbit/s, one pacing credit of slack
+    assert r.bytes_sent <= RATE * 3.0 / 8 + 6 * 1200
+
+
+def test_a_long_steady_delay_is_not_congestion() -> None:
+    with BottleneckReflector(rate_bps=None, delay_s=0.3) as refl:
+        r = run(probe(LOOPBACK, settings(refl.port)))
+    assert r.loss_ratio == 0
+    assert r.held_ratio is not None and r.held_ratio > 0.9, r
+    assert r.overuse_forward == 0
+
+
+def test_it_yields_to_a_link_below_the_calls_rate() -> None:
+    cap = 0.4 * RATE
+    with BottleneckReflector(rate_bps=cap) as refl:
+        r = run(probe(LOOPBACK, settings(refl.port, duration_seconds=4.0, timeout_seconds=2.0)))
+    assert r.overuse_forward >= 1, r
+    assert r.held_bps is not None and r.held_bps < 0.75 * RATE, r
+    # ... without starving itself: a call on that link still sends something like the link's rate
+    assert r.held_bps > 0.15 * cap, r
+    assert r.delay_rise_forward_seconds is not None and r.delay_rise_forward_seconds > 0.02
+
+
+def test_nobody_answering_ends_cleanly_at_a_low_rate() -> None:
+    port = free_udp_port()
+    t0 = time.monotonic()
+    r = run(probe(LOOPBACK, settings(port, duration_seconds=2.0)))
+    assert time.monotonic() - t0 < 2.0 + 1.0 + 1.5
+    assert r.received == 0 and r.loss_ratio == 1.0
+    assert r.held_ratio == 0.0, r  # nothing made the round trip
+    assert r.sent_bps is not None and r.sent_bps < 0.75 * RATE, r  # and the loss part backed off, as a call's does
+    assert r.delay_rise_forward_seconds is None
+
+
+def test_a_foreign_twamp_light_responder_in_the_short_form() -> None:
+    with TwampLightResponder(short=True, padding=0, lifetime=15) as peer:
+        r = run(probe(LOOPBACK, settings(peer.port, duration_seconds=2.0)))
+    assert r.received == r.sent > 0
+    assert r.held_ratio is not None and r.held_ratio > 0.9
