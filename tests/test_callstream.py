@@ -100,7 +100,7 @@ def test_settings_refuse_nonsense() -> None:
         {"rate_bps": 1e6, "port": 0},
     ):
         with pytest.raises(ValueError):
-            CallStreamSettings(**bad)  # type: ignore[arg-type]
+            CallStreamSettings(**bad)
     s = CallStreamSettings(rate_bps=1e6, duration_seconds=4)
     assert s.max_bytes() == 500_000 + 1200  # the budget's bound: 4 s at 1 Mbit/s and one packet
 

@@ -6,6 +6,7 @@ FakeProbers); the stream itself is tested on sockets in tests/test_callstream.py
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,28 @@ import pytest
 from desanet import check as ck
 from desanet.budget import Ledger
 from desanet.check.messages import render
-from desanet.district import Inventory, Village
+from desanet.district import Inventory, Village, load_inventory
 from desanet.probes.callstream import CallStreamResult, CallStreamSettings
-from tests.test_check import SATURDAY, FakeProbers, inv, run, village  # noqa: F401  (fixtures)
+from tests.conftest import LAB_SECRETS
+from tests.test_check import ROOT, SATURDAY, FakeProbers, run
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ledger of the test's own (never the host's), and the lab's SNMP secrets."""
+    monkeypatch.setenv("DESANET_STATE_DIR", str(tmp_path / "state"))
+    for name, value in LAB_SECRETS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def inv() -> Inventory:
+    return load_inventory(ROOT / "inventory.yaml")
+
+
+@pytest.fixture(scope="module")
+def village(inv: Inventory) -> Village:
+    return inv.village("kabat")
 
 
 def streamed(settings: CallStreamSettings, held_ratio: float = 0.25) -> CallStreamResult:
@@ -53,8 +73,8 @@ class Streaming(FakeProbers):
         return streamed(settings)
 
 
-def charged(village: Village, now: datetime) -> int:
-    return Ledger().usage(village.slug, now).bytes
+def charged(where: Village, now: datetime) -> int:
+    return Ledger().usage(where.slug, now).bytes
 
 
 def test_the_stream_runs_last_at_the_profiles_call_rate_and_is_charged(inv: Inventory, village: Village) -> None:
