@@ -451,10 +451,18 @@ def cmd_series(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- shards
-def vm_query(q: str) -> list[dict[str, Any]]:
+def vm_query(q: str, attempts: int = 3) -> list[dict[str, Any]]:
+    """An instant query; a store too busy to answer (seen with 8,500 villages on 2 cores) is asked again, and after
+    `attempts` the answer is empty (the row's figure is then None) rather than the run lost."""
     url = f"http://{VM_ADDR}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-    out = in_noc("curl", "-s", "--max-time", "60", url, timeout=70).stdout
-    return json.loads(out)["data"]["result"]
+    for attempt in range(attempts):
+        out = in_noc("curl", "-s", "--max-time", "60", url, timeout=70).stdout
+        try:
+            return list(json.loads(out)["data"]["result"])
+        except (ValueError, KeyError, TypeError):
+            print(f"store did not answer {q!r} (attempt {attempt + 1}): {out[:200]!r}", file=sys.stderr)
+            time.sleep(5)
+    return []
 
 
 def vm_metric(name: str) -> float:
