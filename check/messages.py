@@ -532,6 +532,10 @@ MESSAGES: Final[dict[str, dict[Lang, str]]] = {
         "en": "The call-like stream could not run.",
         "id": "Aliran mirip panggilan tidak dapat dijalankan.",
     },
+    "note_call_stream_time": {
+        "en": "The call-like stream was skipped to finish within {limit} and its few seconds more.",
+        "id": "Aliran mirip panggilan dilewati agar selesai dalam {limit} ditambah beberapa detiknya.",
+    },
     "note_call_stream_budget": {
         "en": "The call-like stream was skipped: today's test budget has too little left for it.",
         "id": "Aliran mirip panggilan dilewati: sisa anggaran uji hari ini tidak cukup.",

@@ -36,6 +36,7 @@ UDP_SECONDS: Final = 1.5
 UDP_MIN_SECONDS: Final = 1.0
 TCP_SECONDS: Final = 3.0
 CALL_STREAM_TIMEOUT: Final = 1.0  # a reply later than this counts lost (as STAMP_TIMEOUT)
+CALL_STREAM_MIN_SECONDS: Final = 2.0  # shorter, and the last half is too short to read a controller's reaction
 CALL_STREAM_SECONDS: Final = 4.0  # GCC cuts within a second of a growing queue and climbs back 8 %/s: 4 s shows both
 TEST_SETUP_SECONDS: Final = 0.7  # connect, parameters and results around each direction's data phase
 BUSY_RETRIES: Final = 4

@@ -97,6 +97,7 @@ class CallStreamResult:
 
     target: str
     rate_bps: float  # asked: the profile's call rate
+    duration_seconds: float  # how long it sent
     sent_bps: float | None  # sent over the last half of the stream: the rate the controllers allowed
     held_bps: float | None  # of that, what made the round trip
     held_ratio: float | None  # held_bps / rate_bps
@@ -116,6 +117,7 @@ class CallStreamResult:
         return {
             "target": self.target,
             "rate_bps": self.rate_bps,
+            "duration_seconds": self.duration_seconds,
             "sent_bps": self.sent_bps,
             "held_bps": self.held_bps,
             "held_ratio": self.held_ratio,
@@ -309,6 +311,7 @@ async def probe(target: str, settings: CallStreamSettings) -> CallStreamResult:
     return CallStreamResult(
         target=str(ipaddress.ip_address(target)),
         rate_bps=settings.rate_bps,
+        duration_seconds=settings.duration_seconds,
         sent_bps=held_rate(stream.sends, half, whole),
         held_bps=held,
         held_ratio=None if held is None else min(1.0, held / settings.rate_bps),
