@@ -130,6 +130,15 @@ def lab() -> Iterator[Lab]:
         )
 
 
+@pytest.fixture
+def impaired(lab: Lab) -> Iterator[list[str]]:
+    """Villages (or --kecamatan=NAME) a test impairs, restored afterwards whatever happens."""
+    touched: list[str] = []
+    yield touched
+    for target in touched:
+        lab.restore(target)
+
+
 def stop_process(proc: subprocess.Popen[str]) -> None:
     """Stop a process a test started (by its PID, never by name): TERM, then KILL after 10 s."""
     if proc.poll() is None:

@@ -8,7 +8,6 @@ a user will read it as.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,14 +24,6 @@ LIMIT = 15.0 + 5.0  # the check's 15 s plus the stream's 4 s and its last replie
 def env(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The lab's environment with a private throughput budget ledger (never /var/lib/desanet)."""
     return {**lab.env, "DESANET_STATE_DIR": str(tmp_path_factory.mktemp("stream-state"))}
-
-
-@pytest.fixture
-def impaired(lab: Lab) -> Iterator[list[str]]:
-    touched: list[str] = []
-    yield touched
-    for target in touched:
-        lab.restore(target)
 
 
 def stream_of(doc: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +64,6 @@ def check(lab: Lab, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any
     except ValueError:
         raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout}\n{proc.stderr}") from None
     return proc.returncode, doc, proc.stderr, wall
-
-
-@pytest.fixture
-def impaired(lab: Lab) -> Iterator[list[str]]:
-    """Villages (or --kecamatan=NAME) a test impairs, restored afterwards whatever happens."""
-    touched: list[str] = []
-    yield touched
-    for target in touched:
-        lab.restore(target)
 
 
 def test_a_clean_village_is_ready(lab: Lab, env: dict[str, str]) -> None:
