@@ -175,7 +175,9 @@ class _Stream:
         self.backward: list[PacketFate] = []
         self.forward_delays: list[int] = []
         self.backward_delays: list[int] = []
-        self.last_reflector_seq: int | None = None
+        self.last_reflector_seq: int | None = None  # in our own count: the reflector's seq + reflector_offset
+        self.reflector_offset = 0  # grows when the reflector's numbering restarts (restart, new session, wrap)
+        self.missing: dict[int, tuple[int, int, int]] = {}  # reflector seq skipped -> (noticed ns, T3, size)
         self.backward_lost = 0
         self.forward_lost = 0
 
@@ -213,26 +215,37 @@ class _Stream:
             self.answered.add(pkt.sender_seq)
             t2, t3 = pkt.t2_ns, pkt.t3_ns
             self.forward.append(PacketFate(pkt.sender_seq, t1, t2, len(self.buf)))
-            self.backward.append(PacketFate(pkt.seq, t3, t4, len(data)))
             self.forward_delays.append(t2 - t1)
             self.backward_delays.append(t4 - t3)
-            if self.last_reflector_seq is not None and pkt.seq > self.last_reflector_seq + 1:
-                gap = pkt.seq - self.last_reflector_seq - 1
-                self.backward_lost += gap
-                self.backward.extend(
-                    PacketFate(s, t3, None, len(data)) for s in range(self.last_reflector_seq + 1, pkt.seq)
-                )
-            if self.last_reflector_seq is None or pkt.seq > self.last_reflector_seq:
-                self.last_reflector_seq = pkt.seq
+            # A gap in the reflector's numbering is a loss on the way back only if the reply never comes: one
+            # overtaken on the way back fills it. A number at or below the last that fills no gap, or a jump
+            # past all we ever sent, is a new numbering (the reflector restarted, a new session, a wrap).
+            last, rseq = self.last_reflector_seq, pkt.seq + self.reflector_offset
+            if rseq in self.missing:
+                del self.missing[rseq]
+            elif last is not None and (rseq <= last or rseq - last - 1 > self.seq):
+                self.reflector_offset += last + 1 - rseq
+                rseq = last + 1
+            elif last is not None:
+                noticed = time.time_ns()
+                self.missing.update((s, (noticed, t3, len(data))) for s in range(last + 1, rseq))
+            self.backward.append(PacketFate(rseq, t3, t4, len(data)))
+            if last is None or rseq > last:
+                self.last_reflector_seq = rseq
 
     def expire(self, now_ns: int) -> None:
-        """Packets without a reply after the timeout are lost (on the way out, as far as the controller knows)."""
+        """Packets without a reply after the timeout are lost (on the way out, as far as the controller knows), and
+        so are replies missing from the reflector's numbering for as long (on the way back)."""
         limit = now_ns - int(self.settings.timeout_seconds * _NS)
         for seq in [s for s, t1 in self.sent_at.items() if t1 < limit]:
             t1 = self.sent_at.pop(seq)
             self.wire_t1.pop(seq, None)
             self.forward_lost += 1
             self.forward.append(PacketFate(seq, t1, None, len(self.buf)))
+        for rseq in [s for s, (noticed, _t3, _size) in self.missing.items() if noticed < limit]:
+            _noticed, t3, size = self.missing.pop(rseq)
+            self.backward_lost += 1
+            self.backward.append(PacketFate(rseq, t3, None, size))
 
     def take(self) -> tuple[list[PacketFate], list[PacketFate]]:
         f, b = self.forward, self.backward

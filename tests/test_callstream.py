@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from desanet.probes.callstream import CallStreamSettings, delay_rise, held_rate, probe
+from desanet.probes.callstream import CallStreamSettings, _Stream, delay_rise, held_rate, probe
 from desanet.probes.reflector import Reflector, ReflectorOptions
 from desanet.probes.stamp import build_reflector_packet, ns_to_ntp, parse_sender_packet, set_reflector_timestamp
 from tests.test_stamp import LOOPBACK, free_udp_port
@@ -114,6 +114,97 @@ def test_pure_helpers() -> None:
     assert held_rate(sends, 2.0, 4.0) == pytest.approx(800_000)
     assert held_rate(sends, 2.0, 2.0) is None
     assert held_rate(sends, 2.0, 4.0, lambda i: i % 2 == 0) == pytest.approx(400_000)  # half of them answered
+
+
+class FakeSocket:
+    """What _Stream needs of a socket, without a network: sends are kept, replies are queued by the test."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.inbox: list[bytes | OSError] = []
+
+    def send(self, data: bytes) -> int:
+        self.out.append(bytes(data))
+        return len(data)
+
+    def recvmsg(self, _size: int, _anc: int, _flags: int) -> tuple[bytes, list[Any], int, Any]:
+        if not self.inbox:
+            raise BlockingIOError
+        item = self.inbox.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item, [], 0, None
+
+    def reply(self, index: int, reflector_seq: int, padding: int = 0) -> None:
+        """Queue the reflector's answer to our `index`th packet, numbered `reflector_seq` by the reflector."""
+        pkt = parse_sender_packet(self.out[index])
+        assert pkt is not None
+        buf = build_reflector_packet(pkt, seq=reflector_seq, receive_timestamp=ns_to_ntp(time.time_ns()))
+        set_reflector_timestamp(buf, ns_to_ntp(time.time_ns()))
+        self.inbox.append(bytes(buf) + bytes(padding))
+
+
+STAMP_PORT_UNUSED = 862  # _Stream never connects: FakeSocket stands in for the connected socket
+LATER_NS = 10 * 10**9  # past every timeout: whatever is still missing is lost
+
+
+def pure_stream(packets: int) -> tuple[_Stream, FakeSocket]:
+    sock = FakeSocket()
+    stream = _Stream(sock, settings(STAMP_PORT_UNUSED))  # type: ignore[arg-type]
+    for i in range(packets):
+        assert stream.send(i * 0.005)
+    return stream, sock
+
+
+def test_pure_replies_overtaken_on_the_way_back_are_not_lost() -> None:
+    """netem jitter reorders replies: the reflector numbered them 0, 1, 2, 3, we get 0, 2, 1, 3. The gap at 2
+    is filled by 1 arriving next, so nothing is lost on the way back and the controller gets four arrivals."""
+    stream, sock = pure_stream(4)
+    for index, rseq in ((0, 0), (2, 2), (1, 1), (3, 3)):
+        sock.reply(index, rseq)
+    stream.on_readable()
+    stream.expire(time.time_ns() + LATER_NS)
+    _f, back = stream.take()
+    assert stream.received == 4 and stream.backward_lost == 0
+    assert sorted(f.seq for f in back) == [0, 1, 2, 3]
+    assert all(f.arrival_ns is not None for f in back)
+
+
+def test_pure_a_reply_that_never_comes_is_lost_on_the_way_back_after_the_timeout() -> None:
+    stream, sock = pure_stream(4)
+    for index, rseq in ((0, 0), (2, 2), (3, 3)):
+        sock.reply(index, rseq)
+    stream.on_readable()
+    stream.expire(time.time_ns())
+    assert stream.backward_lost == 0  # it may still be on its way
+    stream.expire(time.time_ns() + LATER_NS)
+    _f, back = stream.take()
+    assert stream.backward_lost == 1
+    assert [f.seq for f in back if f.arrival_ns is None] == [1]
+
+
+def test_pure_a_reflector_that_restarts_its_numbering_is_still_heard() -> None:
+    """After a restart the reflector counts from 0 again: those replies must reach the way-back controller as new
+    packets, not as repeats of numbers it has seen (it would ignore them and go blind)."""
+    stream, sock = pure_stream(6)
+    for index, rseq in ((0, 0), (1, 1), (2, 2), (3, 3), (4, 0), (5, 1)):
+        sock.reply(index, rseq)
+    stream.on_readable()
+    stream.expire(time.time_ns() + LATER_NS)
+    _f, back = stream.take()
+    assert len({f.seq for f in back}) == 6 and all(f.arrival_ns is not None for f in back)
+    assert stream.backward_lost == 0
+
+
+def test_pure_a_jump_in_the_numbering_beyond_all_we_sent_is_not_loss() -> None:
+    """A reflector that starts a new count somewhere else (or wraps) did not lose a million replies we never sent."""
+    stream, sock = pure_stream(3)
+    for index, rseq in ((0, 5), (1, 1_000_000), (2, 1_000_001)):
+        sock.reply(index, rseq)
+    stream.on_readable()
+    stream.expire(time.time_ns() + LATER_NS)
+    _f, back = stream.take()
+    assert stream.backward_lost == 0 and len(back) == 3
 
 
 def test_a_clean_path_holds_the_calls_rate() -> None:
