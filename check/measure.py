@@ -460,8 +460,8 @@ async def _call_stream(report: Report, probers: Probers, clock: _Clock, slot: Te
             st["event"] = "failed"
             report.notes.append(Note("note_call_stream_failed", detail=str(exc)))
         finally:
-            # Out and back at most as much as went out; a stream cut short is charged its whole bound.
-            moved = 2 * (result.bytes_sent if result is not None else settings.max_bytes())
+            # Out, and back as much as came back or went out; a stream cut short is charged its whole bound.
+            moved = result.moved_bytes() if result is not None else 2 * settings.max_bytes()
             slot.charge(moved, time.monotonic() - t0)
     if result is None:
         return

@@ -111,6 +111,7 @@ class CallStreamResult:
     delay_rise_backward_seconds: float | None
     lowest_bps: float  # the lowest rate the controllers set
     elapsed_seconds: float
+    bytes_received: int = 0  # every datagram that came back, padding and late replies too
     rates: tuple[tuple[float, float], ...] = field(default=(), repr=False)  # (seconds from start, bit/s) per feedback
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,8 +132,15 @@ class CallStreamResult:
             "delay_rise_backward_seconds": self.delay_rise_backward_seconds,
             "lowest_bps": self.lowest_bps,
             "elapsed_seconds": self.elapsed_seconds,
+            "bytes_received": self.bytes_received,
             "rates": [[round(t, 3), round(r)] for t, r in self.rates],
         }
+
+    def moved_bytes(self) -> int:
+        """What the stream moved over the village's link, out and back, for the budget: a reflector may pad its
+        replies beyond the packet's size (TWAMP-light responders do), so the way back counts what came back,
+        and at least the packets' size (replies lost on the way back were not smaller)."""
+        return self.bytes_sent + max(self.bytes_sent, self.bytes_received)
 
 
 def delay_rise(delays_ns: list[int]) -> float | None:
@@ -170,6 +178,7 @@ class _Stream:
         self.seq = 0
         self.send_errors = 0
         self.received = 0
+        self.bytes_received = 0
         self.answered: set[int] = set()  # seqs whose reply came in time (seq = index into sends)
         self.forward: list[PacketFate] = []  # fates not yet fed to the controller
         self.backward: list[PacketFate] = []
@@ -204,6 +213,7 @@ class _Stream:
                 return
             except OSError:  # an ICMP error (nothing listening): the missing replies say it
                 continue
+            self.bytes_received += len(data)
             t4 = parse_rx_ancillary(anc).rx_ns or time.time_ns()
             pkt = parse_reflector_packet(data) if not flags & socket.MSG_TRUNC else None
             if pkt is None:
@@ -338,5 +348,6 @@ async def probe(target: str, settings: CallStreamSettings) -> CallStreamResult:
         delay_rise_backward_seconds=delay_rise(stream.backward_delays),
         lowest_bps=lowest,
         elapsed_seconds=time.monotonic() - started,
+        bytes_received=stream.bytes_received,
         rates=tuple(rates),
     )

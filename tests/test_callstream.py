@@ -15,11 +15,12 @@ import select
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from desanet.probes.callstream import CallStreamSettings, _Stream, delay_rise, held_rate, probe
+from desanet.probes.callstream import CallStreamResult, CallStreamSettings, _Stream, delay_rise, held_rate, probe
 from desanet.probes.reflector import Reflector, ReflectorOptions
 from desanet.probes.stamp import build_reflector_packet, ns_to_ntp, parse_sender_packet, set_reflector_timestamp
 from tests.test_stamp import LOOPBACK, free_udp_port
@@ -205,6 +206,41 @@ def test_pure_a_jump_in_the_numbering_beyond_all_we_sent_is_not_loss() -> None:
     stream.expire(time.time_ns() + LATER_NS)
     _f, back = stream.take()
     assert stream.backward_lost == 0 and len(back) == 3
+
+
+def test_pure_padded_replies_are_charged_as_they_came_back() -> None:
+    """A TWAMP-light responder may pad its replies past the packet's size: the budget is charged what came back,
+    not twice what went out."""
+    stream, sock = pure_stream(3)
+    for index in range(3):
+        sock.reply(index, index, padding=1000)
+    stream.on_readable()
+    assert stream.received == 3
+    assert stream.bytes_received == sum(len(p) for p in sock.out) + 3 * 1000
+    sent = sum(len(p) for p in sock.out)
+    result = CallStreamResult(
+        target=LOOPBACK,
+        rate_bps=RATE,
+        duration_seconds=3.0,
+        sent_bps=None,
+        held_bps=None,
+        held_ratio=None,
+        sent=3,
+        received=3,
+        bytes_sent=sent,
+        loss_ratio=0.0,
+        overuse_forward=0,
+        overuse_backward=0,
+        delay_rise_forward_seconds=None,
+        delay_rise_backward_seconds=None,
+        lowest_bps=RATE,
+        elapsed_seconds=0.1,
+        bytes_received=stream.bytes_received,
+    )
+    assert result.moved_bytes() == 2 * sent + 3 * 1000
+    assert result.to_dict()["bytes_received"] == sent + 3 * 1000
+    # replies lost on the way back are charged as large as the packets
+    assert replace(result, bytes_received=0).moved_bytes() == 2 * sent
 
 
 def test_a_clean_path_holds_the_calls_rate() -> None:
