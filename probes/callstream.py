@@ -218,9 +218,12 @@ class _Stream:
             pkt = parse_reflector_packet(data) if not flags & socket.MSG_TRUNC else None
             if pkt is None:
                 continue
-            t1 = self.sent_at.pop(pkt.sender_seq, None)
-            if t1 is None or self.wire_t1.pop(pkt.sender_seq, None) != pkt.sender_timestamp:
-                continue  # late (already counted lost), duplicate or not ours
+            t1 = self.sent_at.get(pkt.sender_seq)
+            if t1 is None or self.wire_t1.get(pkt.sender_seq) != pkt.sender_timestamp:
+                continue  # already answered or counted lost, or not ours (and then ours is still on its way)
+            if t4 - t1 > self.settings.timeout_seconds * _NS:
+                continue  # late, whenever we read it: expire() counts it lost
+            del self.sent_at[pkt.sender_seq], self.wire_t1[pkt.sender_seq]
             self.received += 1
             self.answered.add(pkt.sender_seq)
             t2, t3 = pkt.t2_ns, pkt.t3_ns
@@ -323,6 +326,8 @@ async def probe(target: str, settings: CallStreamSettings) -> CallStreamResult:
         wait_until = loop.time() + settings.timeout_seconds
         while stream.sent_at and loop.time() < wait_until:
             await asyncio.sleep(0.02)
+            stream.on_readable()
+            stream.expire(time.time_ns())  # those without hope too: the wait ends once each is answered or lost
         stream.on_readable()
         stream.expire(time.time_ns() + int(settings.timeout_seconds * _NS))
     finally:

@@ -208,6 +208,35 @@ def test_pure_a_jump_in_the_numbering_beyond_all_we_sent_is_not_loss() -> None:
     assert stream.backward_lost == 0 and len(back) == 3
 
 
+def test_pure_a_reply_later_than_the_timeout_is_lost_whenever_it_is_read() -> None:
+    """The same timeout for every packet: a reply that came 1.5 s after its packet is lost, also when it is read
+    in the wait after the last packet (where expire() had not run on it yet and it used to count as held)."""
+    stream, sock = pure_stream(2)
+    stream.sent_at[0] -= 1_500_000_000  # packet 0 left 1.5 s ago
+    sock.reply(0, 0)
+    sock.reply(1, 1)
+    stream.on_readable()
+    assert stream.received == 1 and stream.answered == {1}
+    stream.expire(time.time_ns())
+    fwd, _b = stream.take()
+    assert stream.forward_lost == 1 and [f.seq for f in fwd if f.arrival_ns is None] == [0]
+
+
+def test_pure_a_reply_that_is_not_ours_leaves_ours_pending() -> None:
+    """A datagram with our number but not our timestamp (a stale session, a confused reflector) is not our
+    reply; ours, coming next, must still count."""
+    stream, sock = pure_stream(1)
+    sock.reply(0, 0)
+    genuine = sock.inbox.pop()
+    assert isinstance(genuine, bytes)
+    forged = bytearray(genuine)
+    forged[28:36] = bytes(8)  # the echoed sender timestamp (RFC 8762 §4.3.1, octets 28-35)
+    sock.inbox.append(bytes(forged))
+    sock.reply(0, 0)
+    stream.on_readable()
+    assert stream.received == 1 and stream.answered == {0} and not stream.sent_at
+
+
 def test_pure_padded_replies_are_charged_as_they_came_back() -> None:
     """A TWAMP-light responder may pad its replies past the packet's size: the budget is charged what came back,
     not twice what went out."""
