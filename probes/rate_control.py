@@ -69,6 +69,7 @@ LOSS_REPORT_NS = 1_000_000_000  # §6 runs per receiver report; we gather 1 s of
 LOSS_HIGH, LOSS_LOW = 0.10, 0.02  # §6
 LOSS_INCREASE = 1.05  # §6
 SEEN_KEEP_NS = 30_000_000_000  # duplicates older than this (send time) can no longer be recognised
+SEEN_PRUNE_AT = 20_000  # seqs remembered before the old ones are forgotten
 
 State = Literal["normal", "overuse", "underuse"]
 
@@ -105,6 +106,7 @@ class DelayBasedController:
         self._rate = self._a_hat = float(start_bps)
         self._as_hat = float(max_bps)
         self._seen: dict[int, int] = {}
+        self._prune_at = SEEN_PRUNE_AT
         self._newest_send: int | None = None
         # Arrival-time model and trendline (§5.1-5.3).
         self._group: _Group | None = None
@@ -183,9 +185,12 @@ class DelayBasedController:
         self._seen[fate.seq] = fate.send_ns
         if self._newest_send is None or fate.send_ns > self._newest_send:
             self._newest_send = fate.send_ns
-        if len(self._seen) > 20_000:
+        if len(self._seen) > self._prune_at:
             horizon = self._newest_send - SEEN_KEEP_NS
             self._seen = {s: t for s, t in self._seen.items() if t >= horizon}
+            # Above ~700 packets/s, 30 s hold more than SEEN_PRUNE_AT: prune again only when the dict has doubled,
+            # not on every packet (that made each fate cost a copy of the whole dict).
+            self._prune_at = max(SEEN_PRUNE_AT, 2 * len(self._seen))
 
     def _count_arrival(self, arrival: int, size: int) -> None:
         self._arrivals.append((arrival, size))
