@@ -11,7 +11,10 @@ draft-ietf-rmcat-gcc-02 (July 2016), section numbers below:
   group's last packet on the receiver's clock, T its send time on the sender's; only these differences of
   differences are used, so the two clocks' offset cancels. Packets sent before the current group are ignored.
 - §4, §5.2 pre-filtering: packets sent within burst_time = 5 ms form a group; a packet arriving < 5 ms after the
-  group with d < 0 (a burst released after an outage) joins it.
+  group with d < 0 (a burst released after an outage) joins it; one arriving before the group's last arrival
+  only within 100 ms of sending (libwebrtc bounds bursts to 100 ms; without a bound a receiver clock stepping
+  back made every later packet join one group forever). A d(i) over 3 s is a clock step, not a queue, and is
+  skipped (libwebrtc resets there too).
 - §5.3 arrival-time filter: "any adaptive filter". We use the trendline filter that replaced the draft's Kalman
   filter in libwebrtc (modules/congestion_controller/goog_cc/trendline_estimator.cc; its constants, not its code):
   the accumulated d(i) smoothed with 0.9, a least-squares slope over the last 20 groups, and
@@ -24,7 +27,8 @@ draft-ietf-rmcat-gcc-02 (July 2016), section numbers below:
   not adapted when |m(i)| - del_var_th > 15, clamped to [6, 600] ms.
 - §5.5 rate control (AIMD): the Hold/Increase/Decrease table; increase by 1.08^min(dt/1 s, 1), or additively by
   half a packet per response time near the average max bitrate (EMA 0.95, three standard deviations);
-  decrease to beta = 0.85 of R_hat, the received rate over T = 0.5 s of arrival time; A_hat < 1.5 * R_hat.
+  decrease to beta = 0.85 of R_hat, the received rate over T = 0.5 s of arrival time (started afresh when arrival
+  time goes back or jumps past T, as libwebrtc's); A_hat < 1.5 * R_hat.
 - §6 loss-based control: loss p > 10 % -> As_hat * (1 - 0.5 p); p < 2 % -> As_hat * 1.05; the rate sent is
   min(A_hat, As_hat).
 
@@ -44,6 +48,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 BURST_NS = 5_000_000  # §4, §5.2, Table 1 burst_time
+MAX_BURST_NS = 100_000_000  # after libwebrtc's kMaxBurstDurationMs: how long a group takes packets that arrive early
+CLOCK_STEP_MS = 3000.0  # libwebrtc kArrivalTimeOffsetThreshold: a delay change this large is a clock step
 TRENDLINE_WINDOW = 20  # libwebrtc trendline window (groups)
 TRENDLINE_SMOOTHING = 0.9  # libwebrtc kDefaultTrendlineSmoothingCoeff
 TRENDLINE_GAIN = 4.0  # libwebrtc kDefaultTrendlineThresholdGain
@@ -193,6 +199,13 @@ class DelayBasedController:
             self._prune_at = max(SEEN_PRUNE_AT, 2 * len(self._seen))
 
     def _count_arrival(self, arrival: int, size: int) -> None:
+        last = self._last_arrival
+        if last is not None and not last - RATE_WINDOW_NS <= arrival <= last + RATE_WINDOW_NS:
+            # As libwebrtc's BitrateEstimator: time going back (the receiver's clock stepped) or a gap longer than
+            # the window starts R_hat afresh. Else a step back keeps every later packet in the window (R_hat grows
+            # without bound, decreases stop cutting) and one ahead reads a whole window holding one packet.
+            self._arrivals.clear()
+            self._first_arrival = self._last_arrival = None
         self._arrivals.append((arrival, size))
         if self._first_arrival is None:
             self._first_arrival = arrival
@@ -222,13 +235,16 @@ class DelayBasedController:
             group.last_send, group.last_arrival = max(group.last_send, send), max(group.last_arrival, arrival)
             return None
         gap = arrival - group.last_arrival
-        if gap < BURST_NS and gap - (send - group.last_send) < 0:
+        early = gap < 0 and send - group.first_send > MAX_BURST_NS  # arrived before the group, sent long after
+        if gap < BURST_NS and gap - (send - group.last_send) < 0 and not early:
             group.last_send, group.last_arrival = send, max(group.last_arrival, arrival)
             return None
         prev, self._prev_group, self._group = self._prev_group, group, _Group(send, send, arrival)
         if prev is None:
             return None
         d_ms = ((group.last_arrival - prev.last_arrival) - (group.last_send - prev.last_send)) / 1e6
+        if abs(d_ms) > CLOCK_STEP_MS:
+            return None  # the receiver's clock stepped (a queue cannot grow or drain 3 s between groups): skip it
         dt_ms = min(max((group.last_arrival - prev.last_arrival) / 1e6, 0.0), MAX_GROUP_GAP_MS)
         return self._detect(self._filter(d_ms, group.last_arrival), dt_ms)
 

@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -317,3 +317,39 @@ def test_a_fast_long_stream_costs_little_per_packet() -> None:
         ctrl.on_feedback(batch * FEEDBACK_NS, fates)
         assert time.monotonic() - started < 5.0, f"{seq} packets took over 5 s"
     assert ctrl.rate_bps == 48e6  # a clean path: nothing to cut
+
+
+class SteppedClock(DelayBasedController):
+    """A controller whose fates come from a receiver whose clock steps by `step_ns` for packets sent from
+    `at_ns` on (what a router's NTP client does when it corrects the clock)."""
+
+    def __init__(self, step_ns: int, at_ns: int) -> None:
+        super().__init__(CALL_BPS, min_bps=MIN_BPS, max_bps=CALL_BPS)
+        self.step_ns, self.at_ns = step_ns, at_ns
+
+    def on_feedback(self, now_ns: int, fates: Sequence[PacketFate]) -> float:
+        stepped = [
+            replace(f, arrival_ns=f.arrival_ns + self.step_ns)
+            if f.arrival_ns is not None and f.send_ns >= self.at_ns
+            else f
+            for f in fates
+        ]
+        return super().on_feedback(now_ns, stepped)
+
+
+@pytest.mark.parametrize("step_s", [-5.0, 5.0])
+def test_a_receiver_clock_step_does_not_stop_the_controller_from_yielding(step_s: float) -> None:
+    """The reflector's clock (the way out's arrival times) steps by 5 s at 1 s; from 3 s the path is a 1 Mbit/s
+    link. The call still yields to it: the received rate starts again after the step instead of keeping every
+    later packet in its window (clock back) or reading a window with one packet in it (clock ahead)."""
+    link = bottleneck(1.0e6)
+
+    def path(seq: int, send: int, size: int) -> int | None:
+        return send + 20 * MS if send < 3 * S else link(seq, send, size)
+
+    ctrl = SteppedClock(int(step_s * S), 1 * S)
+    run = simulate(ctrl, path, 8.0)
+    assert run.mean_rate(0.5, 1.0) == CALL_BPS  # clean before the step
+    cut = run.first_time(lambda r: r <= 1.1e6)
+    assert cut is not None and 3.0 <= cut <= 4.5, run.rates
+    assert run.mean_rate(5.0) >= 0.4e6  # yields to the link, does not crash to the floor
