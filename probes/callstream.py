@@ -241,8 +241,10 @@ class _Stream:
                 rseq = last + 1
             elif last is not None:
                 noticed = time.time_ns()
-                self.missing.update((s, (noticed, t3, len(data))) for s in range(last + 1, rseq))
-            self.backward.append(PacketFate(rseq, t3, t4, len(data)))
+                self.missing.update((s, (noticed, t3, len(self.buf))) for s in range(last + 1, rseq))
+            # Sized as our packet, not the reply: the way-back controller sets our sending rate, so its received
+            # rate must be in the same units (a short-form reply of 38 octets read R_hat at 3 % of the rate).
+            self.backward.append(PacketFate(rseq, t3, t4, len(self.buf)))
             if last is None or rseq > last:
                 self.last_reflector_seq = rseq
 

@@ -136,13 +136,14 @@ class FakeSocket:
             raise item
         return item, [], 0, None
 
-    def reply(self, index: int, reflector_seq: int, padding: int = 0) -> None:
-        """Queue the reflector's answer to our `index`th packet, numbered `reflector_seq` by the reflector."""
+    def reply(self, index: int, reflector_seq: int, padding: int = 0, length: int | None = None) -> None:
+        """Queue the reflector's answer to our `index`th packet, numbered `reflector_seq` by the reflector, cut to
+        `length` octets (a short-form TWAMP-light reply is 38) and `padding` octets longer."""
         pkt = parse_sender_packet(self.out[index])
         assert pkt is not None
         buf = build_reflector_packet(pkt, seq=reflector_seq, receive_timestamp=ns_to_ntp(time.time_ns()))
         set_reflector_timestamp(buf, ns_to_ntp(time.time_ns()))
-        self.inbox.append(bytes(buf) + bytes(padding))
+        self.inbox.append(bytes(buf)[:length] + bytes(padding))
 
 
 STAMP_PORT_UNUSED = 862  # _Stream never connects: FakeSocket stands in for the connected socket
@@ -235,6 +236,18 @@ def test_pure_a_reply_that_is_not_ours_leaves_ours_pending() -> None:
     sock.reply(0, 0)
     stream.on_readable()
     assert stream.received == 1 and stream.answered == {0} and not stream.sent_at
+
+
+def test_pure_the_way_back_is_measured_in_our_packets_whatever_the_reply_size() -> None:
+    """The way-back controller sets our sending rate; a foreign responder answering 1200 octets with 38 (short
+    form) or 2200 (padded) must not make the rate it received read 30 times lower or twice higher than ours."""
+    stream, sock = pure_stream(6)
+    for index in range(6):
+        sock.reply(index, index, length=38 if index % 2 else None, padding=0 if index % 2 else 1000)
+    stream.on_readable()
+    stream.expire(time.time_ns() + LATER_NS)
+    _f, back = stream.take()
+    assert stream.received == 6 and {f.size_bytes for f in back} == {1200}
 
 
 def test_pure_padded_replies_are_charged_as_they_came_back() -> None:
