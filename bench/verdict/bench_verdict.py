@@ -286,9 +286,18 @@ def main() -> None:
     ap.add_argument("--attempts", type=int, default=3)
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     ap.add_argument(
+        "--repeat-calls",
+        type=int,
+        default=1,
+        help="calls per scenario on the same path, one after the other (the first is judged against the check; "
+        "the others say how repeatable a call's outcome is)",
+    )
+    ap.add_argument(
         "--no-call-stream", action="store_true", help="run the check without --call-stream (runs 1 and 2 had none)"
     )
     opts = ap.parse_args()
+    if not 1 <= opts.repeat_calls <= 5:
+        raise SystemExit("--repeat-calls: 1 to 5")
     if os.geteuid() != 0:
         raise SystemExit("needs root (the lab's namespaces)")
     # A throughput budget ledger of the run's own: the checks' tests and call-like streams would otherwise spend
@@ -319,6 +328,10 @@ def main() -> None:
                     break
                 print(f"  busy host ({host}): again", flush=True)
                 time.sleep(20)
+            repeats = []
+            for _ in range(opts.repeat_calls - 1):
+                again, again_host = run_call(env, sc, opts.duration)
+                repeats.append({"call": slim_call(again), "host": again_host})
             restore(env, sc)
             row = {
                 **sc,
@@ -330,6 +343,8 @@ def main() -> None:
                 "quiet": attempts[-1]["other_cores"] <= opts.max_other_cores,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
+            if repeats:
+                row["repeats"] = repeats
             with opts.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             dirs = call.get("directions") or {}

@@ -144,6 +144,20 @@ def main() -> None:
             held = sorted(c["held_ratio"] for c in cs)
             over = sum(1 for c in cs if c.get("overuse_forward") or c.get("overuse_backward"))
             print(f"| {outcome} | {len(cs)} | {held[0]:.2f} | {held[len(held) // 2]:.2f} | {held[-1]:.2f} | {over} |")
+    repeated = [r for r in rows if r.get("repeats")]
+    if repeated:
+        pairs = same = 0
+        for r in repeated:
+            for again in r["repeats"]:
+                o = (again.get("call") or {}).get("outcome")
+                if o in ("holds", "degraded", "fails"):
+                    pairs += 1
+                    same += o == r["call"]["outcome"]
+        print(f"\n### the same path, called again: {same} of {pairs} repeat calls had the first call's outcome\n")
+        for r in repeated:
+            outs = [r["call"]["outcome"], *((a.get("call") or {}).get("outcome") for a in r["repeats"])]
+            calls = " / ".join(map(str, outs))
+            print(f"- #{r['n']} {r['class']} {r['profile']}: check {r['check']['verdict']}, calls {calls}")
     print("\n### where they disagree\n")
     for r in rows:
         v, o = r["check"]["verdict"], r["call"]["outcome"]
