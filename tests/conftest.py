@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from desanet.district import Inventory, Village, load_inventory
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -128,6 +130,18 @@ def lab() -> Iterator[Lab]:
             timeout=300,
             check=False,
         )
+
+
+@pytest.fixture(scope="module")
+def inv() -> Inventory:
+    """The shipped inventory (a module may define its own `inv` instead)."""
+    return load_inventory(ROOT / "inventory.yaml")
+
+
+@pytest.fixture(scope="module")
+def village(inv: Inventory) -> Village:
+    """Kabat, a village of the shipped inventory with every probe's endpoint."""
+    return inv.village("kabat")
 
 
 @pytest.fixture

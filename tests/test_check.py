@@ -22,7 +22,7 @@ import pytest
 from desanet import check as ck
 from desanet.check.messages import LANGS, MESSAGES, detect_lang, fmt_ms, fmt_pct, fmt_rate, fmt_when, placeholders, t
 from desanet.cli import check as cli
-from desanet.district import Inventory, Village, load_inventory
+from desanet.district import Inventory, Village
 from desanet.probes.icmp import IcmpPermissionError, IcmpResult
 from desanet.probes.snmp import SnmpInterface, SnmpOptic, SnmpResult
 from desanet.probes.stamp import DirectionResult as StampDirection
@@ -94,16 +94,6 @@ ENGLISH = set().union(*(words(m["en"]) for m in MESSAGES.values())) - SHARED_WOR
 
 def english_in(text: str) -> set[str]:
     return words(text) & ENGLISH
-
-
-@pytest.fixture(scope="module")
-def inv() -> Inventory:
-    return load_inventory(ROOT / "inventory.yaml")
-
-
-@pytest.fixture(scope="module")
-def village(inv: Inventory) -> Village:
-    return inv.village("kabat")
 
 
 # ---------------------------------------------------------------------------------------------- the catalog

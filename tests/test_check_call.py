@@ -28,9 +28,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from desanet import check as ck
-from desanet.district import Inventory, load_inventory
+from desanet.district import Inventory
 from tests.callmetrics import Call, Direction, exposition
-from tests.conftest import ROOT, stop_process
+from tests.conftest import stop_process
 from tests.test_check import FakeProbers, english_in
 
 WIB = ZoneInfo("Asia/Jakarta")
@@ -131,11 +131,6 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process(proc)
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def inv() -> Inventory:
-    return load_inventory(ROOT / "inventory.yaml")
 
 
 def _now() -> datetime:

@@ -15,10 +15,10 @@ import pytest
 from desanet import check as ck
 from desanet.budget import Ledger
 from desanet.check.messages import render
-from desanet.district import Inventory, Village, load_inventory
+from desanet.district import Inventory, Village
 from desanet.probes.callstream import CallStreamResult, CallStreamSettings
 from tests.conftest import LAB_SECRETS
-from tests.test_check import ROOT, SATURDAY, FakeProbers, run
+from tests.test_check import SATURDAY, FakeProbers, run
 
 
 @pytest.fixture(autouse=True)
@@ -27,16 +27,6 @@ def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DESANET_STATE_DIR", str(tmp_path / "state"))
     for name, value in LAB_SECRETS.items():
         monkeypatch.setenv(name, value)
-
-
-@pytest.fixture(scope="module")
-def inv() -> Inventory:
-    return load_inventory(ROOT / "inventory.yaml")
-
-
-@pytest.fixture(scope="module")
-def village(inv: Inventory) -> Village:
-    return inv.village("kabat")
 
 
 def streamed(settings: CallStreamSettings, held_ratio: float = 0.25) -> CallStreamResult:
