@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import math
 import socket
@@ -115,26 +116,8 @@ class CallStreamResult:
     rates: tuple[tuple[float, float], ...] = field(default=(), repr=False)  # (seconds from start, bit/s) per feedback
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "rate_bps": self.rate_bps,
-            "duration_seconds": self.duration_seconds,
-            "sent_bps": self.sent_bps,
-            "held_bps": self.held_bps,
-            "held_ratio": self.held_ratio,
-            "sent": self.sent,
-            "received": self.received,
-            "bytes_sent": self.bytes_sent,
-            "loss_ratio": self.loss_ratio,
-            "overuse_forward": self.overuse_forward,
-            "overuse_backward": self.overuse_backward,
-            "delay_rise_forward_seconds": self.delay_rise_forward_seconds,
-            "delay_rise_backward_seconds": self.delay_rise_backward_seconds,
-            "lowest_bps": self.lowest_bps,
-            "elapsed_seconds": self.elapsed_seconds,
-            "bytes_received": self.bytes_received,
-            "rates": [[round(t, 3), round(r)] for t, r in self.rates],
-        }
+        """Every field under its own name (the calibration reads them), the rate timeline rounded."""
+        return {**dataclasses.asdict(self), "rates": [[round(t, 3), round(r)] for t, r in self.rates]}
 
     def moved_bytes(self) -> int:
         """What the stream moved over the village's link, out and back, for the budget: a reflector may pad its
